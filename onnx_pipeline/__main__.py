@@ -1,0 +1,3 @@
+from onnx_pipeline.cli import main
+
+main()

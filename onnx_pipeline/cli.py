@@ -1,0 +1,404 @@
+"""The command line: parses options, builds one config, calls the library, prints the result.
+
+This is the only module that knows Typer and rich. Errors a user can fix are one line on
+stderr (``error: ...``) with a non-zero exit code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape as _escape
+from rich.table import Table
+
+from onnx_pipeline.errors import EXIT_FAILED, EXIT_OK, PipelineError
+
+app = typer.Typer(
+    name="onnx-pipeline",
+    help="PyTorch image models to verified ONNX bundles for CPU, NVIDIA GPUs and Xilinx FPGAs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+# Tables are wide: without a terminal (CI logs, pipes) do not squeeze them into 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+class _State:
+    debug = False
+
+
+def _fail(exc: PipelineError) -> None:
+    err.print(f"[bold red]error:[/] {_escape(exc.message)}", soft_wrap=True)
+    if _State.debug:
+        err.print_exception()
+
+
+@contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    _State.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s"
+    )
+    try:
+        yield
+    except PipelineError as exc:
+        _fail(exc)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr naming the step that runs (stdout stays clean for --json)."""
+    if not enabled or not err.is_terminal:
+        yield lambda _step: None
+        return
+    with err.status("starting") as status:
+        yield lambda step: status.update(f"[bold]{step}[/] …")
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not a shape: write it like 1,3,224,224") from None
+    if not shape or any(d < 1 for d in shape):
+        raise typer.BadParameter(f"'{text}' is not a shape: every dimension must be a positive integer")
+    return shape
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _parity_table(verify: dict[str, Any]) -> Table:
+    table = Table(title="parity: PyTorch eager vs onnxruntime", title_justify="left")
+    for column in (
+        "output",
+        "scale",
+        "max abs",
+        "max rel",
+        "mean abs",
+        "cosine",
+        "top-1",
+        "top-5",
+        "min atol",
+        "result",
+    ):
+        table.add_column(column, justify="right" if column not in ("output", "result") else "left")
+    for o in verify.get("outputs", []):
+        table.add_row(
+            o["name"],
+            _fmt(o["scale"]),
+            _fmt(o["max_abs_error"]),
+            _fmt(o["max_rel_error"]),
+            _fmt(o["mean_abs_error"]),
+            _fmt(o["min_cosine"], 8) if isinstance(o["min_cosine"], float) else str(o["min_cosine"]),
+            _fmt(o["top1_agreement"]),
+            _fmt(o["top5_agreement"]),
+            _fmt(o["smallest_passing_atol"]),
+            "[green]pass[/]" if o["passed"] else "[red]FAIL[/]",
+        )
+    return table
+
+
+def _print_report(report: dict[str, Any], as_json: bool, report_path: Path | None) -> None:
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    steps = report.get("steps", {})
+    export = steps.get("export")
+    if export:
+        batch = "dynamic" if export["dynamic_batch"] else "static"
+        line = f"exported with {export['used']} (opset {export['opset']}, {batch} batch)"
+        for fallback in export.get("fallbacks", []):
+            line += f"; {fallback['exporter']} failed first: {fallback['error']}"
+        out.print(_escape(line), soft_wrap=True)
+    simplify = steps.get("simplify")
+    if simplify:
+        out.print(_escape(f"simplify ({simplify['backend']}): {simplify['reason']}"), soft_wrap=True)
+    for finding in report.get("findings", []):
+        out.print(f"[yellow]finding:[/] {_escape(finding)}", soft_wrap=True)
+    verify = steps.get("verify")
+    if verify:
+        out.print(_parity_table(verify))
+        out.print(
+            f"tolerances: atol {verify['tolerances']['atol']:g}×scale + rtol {verify['tolerances']['rtol']:g}×|ref|, "
+            f"min cosine {verify['tolerances']['min_cosine']}; samples: "
+            + ", ".join(s["name"] for s in verify["samples"])
+            + f"; provider: {', '.join(verify['providers'][:1])}"
+        )
+        for failure in verify.get("failures", []):
+            out.print(f"[red]failure:[/] {_escape(failure)}", soft_wrap=True)
+    for name, bundle in steps.get("bundles", {}).items():
+        out.print(f"bundle {name}: {bundle.get('summary', '')}")
+
+
+def _closing_line(status: str, seconds: float, output: Any) -> None:
+    word = "[bold green]PASSED[/]" if status == "passed" else "[bold red]FAILED[/]"
+    (out if status == "passed" else err).print(f"{word} in {seconds:.1f} s → {_escape(str(output))}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- export
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="torchvision model name (vgg16), tiny-vgg, package.module:factory, file.py:factory (runs that code), "
+        "or a TorchScript archive.",
+    ),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        "-w",
+        help="imagenet (torchvision's weights: downloaded or from the torch hub cache), random (seeded), "
+        "or PATH to a state_dict (loaded with weights_only=True).",
+    ),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for random weights and verification inputs.")]
+ShapeOpt = Annotated[str | None, typer.Option("--input-shape", help="Input shape with batch, e.g. 1,3,224,224.")]
+ImagesOpt = Annotated[
+    Path | None, typer.Option("--images", help="Folder of photographs to verify on (the model's preprocessing).")
+]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="The larger verification batch (batch 1 runs too).")]
+AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance, in units of the output's range.")]
+RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (elementwise).")]
+CosOpt = Annotated[float | None, typer.Option("--min-cosine", help="Smallest cosine similarity per sample.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout, nothing else.")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Also write the JSON report to this file.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+IsolateOpt = Annotated[
+    bool,
+    typer.Option("--isolate/--no-isolate", help="Run the PyTorch side in its own process (frees its memory)."),
+]
+RescaleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rescale-random/--no-rescale-random",
+        help="With random weights, rescale layers on sample inputs so outputs are well scaled.",
+    ),
+]
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The run folder to write.")],
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = None,
+    input_shape: ShapeOpt = None,
+    static_batch: Annotated[bool, typer.Option("--static-batch", help="Keep the batch axis fixed.")] = False,
+    exporter: Annotated[
+        str | None, typer.Option("--exporter", help="dynamo (default) or torchscript; the other is the fallback.")
+    ] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default 18).")] = None,
+    external_data: Annotated[
+        bool, typer.Option("--external-data", help="Weights in model.onnx.data (automatic over 2 GB).")
+    ] = False,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip graph simplification.")] = False,
+    simplifier: Annotated[str | None, typer.Option("--simplifier", help="onnxsim (default) or onnxslim.")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip parity verification (not recommended).")] = False,
+    images: ImagesOpt = None,
+    batch_size: BatchOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosOpt = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="Also build this hardware bundle (repeatable).")
+    ] = None,
+    calibration_images: Annotated[
+        Path | None, typer.Option("--calibration-images", help="Photographs for int8 calibration (bundles).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A TOML config file (CLI flags win).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    isolate: IsolateOpt = True,
+    rescale_random: RescaleOpt = True,
+    as_json: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a PyTorch model to ONNX, check, simplify and verify it into a run folder.
+
+    Examples:
+
+        onnx-pipeline export --model vgg16 --weights random --output runs/vgg16
+
+        onnx-pipeline export -m resnet50 -w imagenet -o runs/r50 --images photos/ --target cpu-x86_64
+
+        onnx-pipeline export -m my_models.py:build -w ckpt.pt --input-shape 1,3,128,128 -o runs/mine
+    """
+    from onnx_pipeline.config import resolve_pipeline_config
+    from onnx_pipeline.pipeline import run_export
+    from onnx_pipeline.sources import model_defaults
+
+    start = time.perf_counter()
+    shape = _parse_shape(input_shape)
+    with _errors(debug):
+        cli: dict[str, dict[str, Any]] = {
+            "": {
+                "output": output,
+                "force": force or None,
+                "run_verify": False if no_verify else None,
+                "targets": tuple(target) if target else None,
+                "calibration_images": calibration_images,
+                "isolate_torch": isolate,
+            },
+            "model": {
+                "model": model,
+                "weights": weights,
+                "seed": seed,
+                "input_shape": shape,
+                "rescale_random": None if rescale_random else False,
+            },
+            "export": {
+                "exporter": exporter,
+                "opset": opset,
+                "dynamic_batch": False if static_batch else None,
+                "external_data": True if external_data else None,
+            },
+            "simplify": {"enabled": False if no_simplify else None, "backend": simplifier},
+            "verify": {"images": images, "batch_size": batch_size, "seed": seed},
+            "tolerances": {"atol": atol, "rtol": rtol, "min_cosine": min_cosine},
+        }
+        name = model or _config_model(config) or "vgg16"
+        pipeline_config = resolve_pipeline_config(cli=cli, config_file=config, model_defaults=model_defaults(name))
+        try:
+            with _progress(not as_json) as progress:
+                result = run_export(pipeline_config, progress=progress)
+        except PipelineError as exc:
+            if exc.result is not None and hasattr(exc.result, "to_dict"):
+                _print_report(exc.result.to_dict(), as_json, report)
+            _fail(exc)
+            if exc.exit_code == EXIT_FAILED and not as_json:
+                _closing_line("failed", time.perf_counter() - start, output)
+            raise typer.Exit(exc.exit_code) from None
+        _print_report(result.to_dict(), as_json, report)
+        if not as_json:
+            _closing_line(result.status, time.perf_counter() - start, output)
+    raise typer.Exit(EXIT_OK if result.status == "passed" else EXIT_FAILED)
+
+
+def _config_model(config: Path | None) -> str | None:
+    if config is None:
+        return None
+    from onnx_pipeline.config import load_config_file
+
+    return load_config_file(config).get("model", {}).get("model")
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="A run folder, or an .onnx file (then give --model).")],
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = None,
+    input_shape: ShapeOpt = None,
+    images: ImagesOpt = None,
+    batch_size: BatchOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosOpt = None,
+    provider: Annotated[
+        list[str] | None, typer.Option("--provider", help="onnxruntime execution provider(s), in order.")
+    ] = None,
+    isolate: IsolateOpt = True,
+    rescale_random: RescaleOpt = True,
+    as_json: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Verify numerical parity of a run folder, or of any ONNX file against a PyTorch model.
+
+    Exit code 0 when every output is within tolerance, 1 when not, 2 for bad input.
+
+    Examples:
+
+        onnx-pipeline verify runs/vgg16
+
+        onnx-pipeline verify model.onnx --model vgg16 --weights vgg16.pth --images photos/ --json
+    """
+    from onnx_pipeline.config import ModelConfig, Tolerances, VerifyConfig
+    from onnx_pipeline.pipeline import VerifyRequest, run_verify
+    from onnx_pipeline.sources import model_defaults
+
+    start = time.perf_counter()
+    shape = _parse_shape(input_shape)
+    with _errors(debug):
+        tolerances = Tolerances(
+            **{k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine}.items() if v is not None}
+        )
+        verify_kwargs: dict[str, Any] = {"tolerances": tolerances, "images": images}
+        if batch_size is not None:
+            verify_kwargs["batch_size"] = batch_size
+        if seed is not None:
+            verify_kwargs["seed"] = seed
+        if provider:
+            verify_kwargs["providers"] = tuple(provider)
+        model_config = None
+        if model is not None:
+            default_weights = model_defaults(model).get("model", {}).get("weights", "random")
+            model_config = ModelConfig(
+                model=model,
+                weights=weights or default_weights,
+                seed=seed or 0,
+                input_shape=shape,
+                rescale_random=rescale_random,
+            )
+        elif weights is not None or shape is not None:
+            raise typer.BadParameter("--weights and --input-shape go with --model")
+        request = VerifyRequest(
+            path=path, model=model_config, verify=VerifyConfig(**verify_kwargs), isolate_torch=isolate
+        )
+        try:
+            with _progress(not as_json) as progress:
+                result = run_verify(request, progress=progress)
+        except PipelineError as exc:
+            if exc.result is not None and hasattr(exc.result, "to_dict"):
+                _print_report(exc.result.to_dict(), as_json, report)
+            _fail(exc)
+            if exc.exit_code == EXIT_FAILED and not as_json:
+                _closing_line("failed", time.perf_counter() - start, path)
+            raise typer.Exit(exc.exit_code) from None
+        _print_report(result.to_dict(), as_json, report)
+        if not as_json:
+            _closing_line(result.status, time.perf_counter() - start, path)
+    raise typer.Exit(EXIT_OK)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

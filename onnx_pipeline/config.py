@@ -1,0 +1,227 @@
+"""Frozen, typed configuration for every step, and the one place where precedence is resolved.
+
+Precedence, highest first: CLI flag > config file (``--config FILE.toml``) > hardware target >
+model default > built-in default. ``resolve_pipeline_config`` records where each value came from
+in ``PipelineConfig.provenance`` so the report can show it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from onnx_pipeline.errors import InputError
+
+Exporter = Literal["dynamo", "torchscript"]
+SimplifierBackend = Literal["onnxsim", "onnxslim"]
+
+DEFAULT_OPSET = 18
+#: protobuf cannot serialise a single message over 2 GiB: bigger models must use external data
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which PyTorch model to load, and how to get its weights."""
+
+    model: str = "vgg16"
+    #: "imagenet" (torchvision's default weights), "random" (seeded), or a path to a state_dict
+    weights: str = "random"
+    seed: int = 0
+    #: overrides the model's input shape, batch axis included (e.g. (1, 3, 224, 224))
+    input_shape: tuple[int, ...] | None = None
+    #: with random weights, rescale layers on sample inputs so outputs are well scaled (see sources)
+    rescale_random: bool = True
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How the PyTorch model becomes ONNX."""
+
+    exporter: Exporter = "dynamo"
+    #: when the chosen exporter fails, try the other one and record it
+    fallback: bool = True
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    #: None: external data only when the model would pass protobuf's 2 GB limit
+    external_data: bool | None = None
+
+
+@dataclass(frozen=True)
+class SimplifyConfig:
+    """Graph simplification after export."""
+
+    enabled: bool = True
+    backend: SimplifierBackend = "onnxsim"
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Parity tolerances, scale-aware.
+
+    An element passes when ``|onnx - torch| <= atol * scale + rtol * |torch|``, where ``scale``
+    is the output's dynamic range (max ``|torch|`` over every verified sample). ``atol`` is
+    therefore relative to the output's magnitude: a 1e8-scale output is not failed on absolute
+    error alone, and a 1e-7-scale output cannot pass on it alone. On top of that an output must
+    reach ``min_cosine`` (cosine similarity per sample, the worst one counts) and, for
+    classifiers, agree on the top-1 class wherever the reference's top-1 margin exceeds the
+    allowed error.
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float = 0.9999
+    #: reference outputs whose dynamic range is below this are degenerate (near zero)
+    degenerate_below: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol", "degenerate_below"):
+            if getattr(self, name) < 0:
+                raise InputError(f"tolerance {name} must be >= 0, got {getattr(self, name)}")
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise InputError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What verify compares, on which inputs."""
+
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    #: the larger batch size (the other is 1), so that a baked batch size cannot pass
+    batch_size: int = 3
+    #: folder of photographs put through the model's own preprocessing
+    images: Path | None = None
+    #: at most this many images from ``images``
+    max_images: int = 16
+    seed: int = 0
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise InputError(f"--batch-size must be at least 2 (verify also runs batch 1), got {self.batch_size}")
+        if self.max_images < 1:
+            raise InputError(f"--max-images must be at least 1, got {self.max_images}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one ``export`` run needs, resolved."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    simplify: SimplifyConfig = field(default_factory=SimplifyConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    output: Path = Path("runs/vgg16")
+    force: bool = False
+    #: verification runs as part of export unless disabled
+    run_verify: bool = True
+    #: hardware targets to bundle for after export (names or TOML paths)
+    targets: tuple[str, ...] = ()
+    calibration_images: Path | None = None
+    #: run the PyTorch side (load, references, export) in a process of its own, see
+    #: pipeline.torch_stage. The CLI does; in a script it needs the `if __name__ == "__main__":` guard.
+    isolate_torch: bool = False
+    #: "section.key" -> where the value came from ("cli", "config-file", "target", "model", "default")
+    provenance: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.export.opset < 13 or self.export.opset > 23:
+            raise InputError(f"--opset {self.export.opset} is outside the supported range 13..23")
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "export": ExportConfig,
+    "simplify": SimplifyConfig,
+    "verify": VerifyConfig,
+    "tolerances": Tolerances,
+}
+_TOP_LEVEL = {"output", "force", "run_verify", "targets", "calibration_images", "isolate_torch"}
+
+
+def _coerce(section: str, key: str, value: Any) -> Any:
+    """Turn TOML/CLI values into the dataclass field types (tuples, paths)."""
+    if key in ("input_shape", "providers", "targets") and value is not None:
+        if isinstance(value, str):
+            value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+        return tuple(int(v) for v in value) if key == "input_shape" else tuple(str(v) for v in value)
+    if key in ("images", "output", "calibration_images") and value is not None:
+        return Path(value)
+    return value
+
+
+def load_config_file(path: Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML config file into {section: {key: value}}, refusing unknown sections and keys."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, dict[str, Any]] = {"": {}}
+    for key, value in raw.items():
+        if key in _TOP_LEVEL:
+            out[""][key] = value
+        elif key in _SECTIONS and isinstance(value, dict):
+            allowed = {f.name for f in fields(_SECTIONS[key])}
+            unknown = sorted(set(value) - allowed)
+            if unknown:
+                raise InputError(f"config file {path}: unknown key(s) {unknown} in [{key}]; allowed: {sorted(allowed)}")
+            out[key] = dict(value)
+        else:
+            raise InputError(f"config file {path}: unknown key or section '{key}'")
+    return out
+
+
+def resolve_pipeline_config(
+    *,
+    cli: dict[str, dict[str, Any]],
+    config_file: Path | None = None,
+    target: dict[str, dict[str, Any]] | None = None,
+    model_defaults: dict[str, dict[str, Any]] | None = None,
+) -> PipelineConfig:
+    """Merge the layers (CLI > config file > target > model default > built-in) into one config.
+
+    Each layer is {section: {key: value}} with section "" for top-level keys; a value of None
+    means "not set in this layer".
+    """
+    layers: list[tuple[str, dict[str, dict[str, Any]]]] = [
+        ("model", model_defaults or {}),
+        ("target", target or {}),
+        ("config-file", load_config_file(config_file) if config_file else {}),
+        ("cli", cli),
+    ]
+    merged: dict[str, dict[str, Any]] = {name: {} for name in ("", *_SECTIONS)}
+    provenance: dict[str, str] = {}
+    for origin, layer in layers:
+        for section, values in layer.items():
+            for key, value in values.items():
+                if value is None:
+                    continue
+                merged.setdefault(section, {})[key] = _coerce(section, key, value)
+                provenance[f"{section}.{key}" if section else key] = origin
+    try:
+        tolerances = Tolerances(**merged["tolerances"])
+        verify = VerifyConfig(**{**merged["verify"], "tolerances": tolerances})
+        config = PipelineConfig(
+            model=ModelConfig(**merged["model"]),
+            export=ExportConfig(**merged["export"]),
+            simplify=SimplifyConfig(**merged["simplify"]),
+            verify=verify,
+            provenance=provenance,
+            **merged[""],
+        )
+    except TypeError as exc:  # an unknown key that slipped past the CLI layer
+        raise InputError(f"invalid configuration: {exc}") from None
+    if config.export.exporter not in ("dynamo", "torchscript"):
+        raise InputError(f"--exporter must be 'dynamo' or 'torchscript', got '{config.export.exporter}'")
+    if config.simplify.backend not in ("onnxsim", "onnxslim"):
+        raise InputError(f"--simplifier must be 'onnxsim' or 'onnxslim', got '{config.simplify.backend}'")
+    return config
+
+
+def with_output(config: PipelineConfig, output: Path) -> PipelineConfig:
+    """A copy of ``config`` writing to ``output``."""
+    return replace(config, output=output)

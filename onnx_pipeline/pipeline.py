@@ -1,0 +1,429 @@
+"""Runs the steps in order, passes the run report along, prints nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onnx_pipeline.config import PROTOBUF_LIMIT_BYTES, ModelConfig, PipelineConfig, VerifyConfig
+from onnx_pipeline.errors import InputError, PipelineError, StepError, VerificationError
+from onnx_pipeline.files import atomic_output_dir, hash_tree, read_json, sha256_file, write_json
+from onnx_pipeline.onnxfile import inline_external_data
+from onnx_pipeline.report import SCHEMA, RunReport, tool_versions
+from onnx_pipeline.runtime.preprocess import PreprocessSpec
+from onnx_pipeline.sources import load_model, resolve_spec
+from onnx_pipeline.steps.check import check_model, describe_model, load_onnx
+from onnx_pipeline.steps.export import ExportResult, export_model
+from onnx_pipeline.steps.simplify import simplify_model
+from onnx_pipeline.steps.verify import SampleSet, compute_reference, make_verification_inputs, verify_parity
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+RAW_FILE = "model.exported.onnx"
+#: above this, weights go to external data while the pipeline works (memory), see _finalize
+_WORK_EXTERNAL_BYTES = 64 << 20
+
+Progress = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def _config_dict(config: PipelineConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data.pop("provenance", None)
+    return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _timed(report: RunReport, step: str, progress: Progress, fn: Callable[[], Any]) -> Any:
+    progress(step)
+    start = time.perf_counter()
+    result = fn()
+    report.record(step, result, time.perf_counter() - start)
+    return result
+
+
+def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunReport:
+    """Export, check, simplify and verify a model into the run folder ``config.output``.
+
+    Raises a ``PipelineError`` (its ``result`` is the report) when a step fails; the run
+    folder is then not written.
+    """
+    report = RunReport(command="export", output=config.output, config=_config_dict(config))
+    report.provenance = dict(config.provenance)
+    try:
+        with atomic_output_dir(config.output, force=config.force) as work:
+            _export_into(work, config, report, progress)
+            report.status = "passed"
+            report.timings["total"] = round(report.seconds, 3)
+            manifest = read_json(work / "manifest.json")
+            manifest["timings"] = report.timings
+            write_json(work / "manifest.json", manifest)
+            write_json(work / "report.json", report.to_dict())
+    except PipelineError as exc:
+        report.status = "failed"
+        report.error = exc.message
+        if exc.result is not None and hasattr(exc.result, "to_dict"):
+            report.steps.setdefault("verify", exc.result.to_dict())
+        exc.result = report
+        raise
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchStage:
+    """What the PyTorch side hands over: the exported file, references, and the model's metadata."""
+
+    source: dict[str, Any]
+    labels: list[str] | None
+    input_shape: tuple[int, ...]
+    task: str
+    preprocessing: PreprocessSpec | None
+    param_bytes: int
+    export: ExportResult
+    samples: list[SampleSet] | None
+    references: list[list[Any]] | None
+    timings: dict[str, float]
+    findings: list[str]
+
+
+def torch_stage(config: PipelineConfig, raw: Path) -> TorchStage:
+    """Load the model, compute the verification references, export to ``raw``.
+
+    Everything that needs torch happens here, so that it can run in a process of its own
+    (``PipelineConfig.isolate_torch``): torch and the exporter hold over 1.5 GB for VGG16 that
+    no ``del`` gives back, and onnxruntime should not have to load its copy on top of that.
+    """
+    import torch
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    spec = resolve_spec(config.model.model)
+    loaded = load_model(config.model, spec)
+    timings["load"] = round(time.perf_counter() - start, 3)
+    if config.export.dynamic_batch and loaded.input_shape[0] != 1:
+        raise InputError("with a dynamic batch the input shape's batch axis is free: give batch 1 or --static-batch")
+    samples = references = None
+    if config.run_verify:
+        start = time.perf_counter()
+        samples = make_verification_inputs(
+            loaded.input_shape, spec.preprocessing, config.verify, dynamic_batch=config.export.dynamic_batch
+        )
+        references = compute_reference(loaded.module, samples)
+        timings["reference"] = round(time.perf_counter() - start, 3)
+    # torch.export specialises a dimension of size 1, so a dynamic batch is exported at batch 2.
+    batch = 2 if config.export.dynamic_batch else loaded.input_shape[0]
+    example = torch.zeros((batch, *loaded.input_shape[1:]))
+    param_bytes = sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values())
+    export_cfg = config.export
+    if export_cfg.external_data is None and param_bytes > _WORK_EXTERNAL_BYTES:
+        export_cfg = dataclasses.replace(export_cfg, external_data=True)
+    exported = export_model(loaded.module, example, raw, export_cfg)
+    timings["export"] = round(exported.seconds, 3)
+    return TorchStage(
+        source=loaded.source,
+        labels=loaded.labels,
+        input_shape=loaded.input_shape,
+        task=spec.task,
+        preprocessing=spec.preprocessing,
+        param_bytes=param_bytes,
+        export=exported,
+        samples=samples,
+        references=references,
+        timings=timings,
+        findings=loaded.findings + exported.findings,
+    )
+
+
+def _call_torch(isolate: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn(*args)`` here, or in a fresh process (spawned: torch is not fork-safe) when ``isolate``."""
+    if not isolate:
+        return fn(*args)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
+    except BrokenProcessPool:
+        raise StepError(
+            "the PyTorch process died (out of memory, or a crash in torch): run again with --no-isolate --debug "
+            "to see where"
+        ) from None
+
+
+def _export_into(work: Path, config: PipelineConfig, report: RunReport, progress: Progress) -> None:
+    raw = work / RAW_FILE
+    progress("export")
+    stage: TorchStage = _call_torch(config.isolate_torch, torch_stage, config, raw)
+    for step, seconds in stage.timings.items():
+        report.timings[step] = seconds
+    report.steps["load"] = {"source": stage.source, "input_shape": list(stage.input_shape)}
+    report.steps["export"] = stage.export.to_dict()
+    report.findings += stage.findings
+    _timed(report, "check", progress, lambda: check_model(raw))
+    sample = stage.samples[0].data if stage.samples else None
+    simplified = _timed(
+        report, "simplify", progress, lambda: simplify_model(raw, work / MODEL_FILE, config.simplify, sample=sample)
+    )
+    if simplified.applied:
+        _timed(report, "check_simplified", progress, lambda: check_model(work / MODEL_FILE))
+    keep_external = config.export.external_data is True or (
+        config.export.external_data is None and stage.param_bytes > 0.9 * PROTOBUF_LIMIT_BYTES
+    )
+    progress("finalize")
+    start = time.perf_counter()
+    known_hashes = _finalize(work / MODEL_FILE, keep_external=keep_external)
+    report.timings["finalize"] = round(time.perf_counter() - start, 3)
+    info = describe_model(work / MODEL_FILE)
+    verification = None
+    if stage.samples is not None and stage.references is not None:
+        samples, references = stage.samples, stage.references
+        try:
+            verification = _timed(
+                report,
+                "verify",
+                progress,
+                lambda: verify_parity(
+                    work / MODEL_FILE, samples, references, config.verify, classification=stage.task == "classification"
+                ),
+            )
+        except VerificationError as exc:
+            if exc.result is not None:
+                report.steps["verify"] = exc.result.to_dict()
+            raise
+    manifest = {
+        "schema": SCHEMA,
+        "model_file": MODEL_FILE,
+        "external_data": _external_name(work / MODEL_FILE),
+        "inputs": [t.to_dict() for t in info.inputs],
+        "outputs": [t.to_dict() for t in info.outputs],
+        "dynamic_batch": stage.export.dynamic_batch,
+        "opset": info.opset,
+        "ir_version": info.ir_version,
+        "task": stage.task,
+        "input_shape": list(stage.input_shape),
+        "preprocessing": stage.preprocessing.to_dict() if stage.preprocessing else None,
+        "labels": stage.labels,
+        "source": stage.source,
+        "exporter": {
+            "requested": stage.export.requested,
+            "used": stage.export.used,
+            "fallbacks": stage.export.fallbacks,
+            "findings": stage.export.findings,
+        },
+        "simplify": simplified.to_dict(),
+        "verification": verification.to_dict() if verification else None,
+        "versions": tool_versions(),
+        "timings": report.timings,
+        "files": {},
+    }
+    write_json(work / "report.json", {})  # placeholder so the file list is complete
+    manifest["files"] = hash_tree(work, exclude=("manifest.json", "report.json"), known=known_hashes)
+    write_json(work / "manifest.json", manifest)
+
+
+def _external_name(path: Path) -> str | None:
+    data = path.with_name(path.name + ".data")
+    return data.name if data.exists() else None
+
+
+def _finalize(path: Path, *, keep_external: bool) -> dict[str, str]:
+    """Give the model file its final form: one file, or weights in ``model.onnx.data`` beside it.
+
+    While working, big weights live in an external file so that no step copies them. Returns
+    the sha256 of files it wrote, computed while writing.
+    """
+    import onnx
+
+    model = load_onnx(path, load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    target = path.name + ".data"
+    if not locations:
+        if not keep_external:
+            return {}
+        model = onnx.load(str(path))
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=target)
+        return {}
+    if keep_external:
+        if locations != {target}:
+            if len(locations) != 1:  # several data files: let onnx gather them into one
+                model = onnx.load(str(path))
+                for location in locations:
+                    (path.parent / location).unlink()
+                onnx.save_model(
+                    model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=target
+                )
+                return {}
+            (path.parent / locations.pop()).replace(path.parent / target)
+            for tensor in model.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = target
+            onnx.save_model(model, str(path))
+        return {}
+    tmp = path.with_name(path.name + ".inline")
+    digest = inline_external_data(path, tmp)
+    for location in locations:
+        (path.parent / location).unlink(missing_ok=True)
+    tmp.replace(path)
+    return {path.name: digest}
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyRequest:
+    """What ``onnx-pipeline verify`` was asked: a run folder, or an ONNX file and a model."""
+
+    path: Path
+    model: ModelConfig | None = None
+    verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
+    isolate_torch: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class References:
+    """PyTorch's outputs on the verification inputs, and where the model came from."""
+
+    source: dict[str, Any]
+    input_shape: tuple[int, ...]
+    task: str
+    samples: list[SampleSet]
+    references: list[list[Any]]
+    timings: dict[str, float]
+    findings: list[str]
+
+
+def reference_stage(
+    model_config: ModelConfig, preprocessing: PreprocessSpec | None, verify: VerifyConfig, dynamic_batch: bool
+) -> References:
+    """Load the PyTorch model and compute its outputs on the verification inputs."""
+    start = time.perf_counter()
+    loaded = load_model(model_config)
+    load_s = time.perf_counter() - start
+    preprocessing = preprocessing or loaded.spec.preprocessing
+    samples = make_verification_inputs(loaded.input_shape, preprocessing, verify, dynamic_batch=dynamic_batch)
+    references = compute_reference(loaded.module, samples)
+    return References(
+        source=loaded.source,
+        input_shape=loaded.input_shape,
+        task=loaded.spec.task,
+        samples=samples,
+        references=references,
+        timings={"load": round(load_s, 3), "reference": round(time.perf_counter() - start - load_s, 3)},
+        findings=loaded.findings,
+    )
+
+
+def run_verify(request: VerifyRequest, *, progress: Progress = _noop) -> RunReport:
+    """Verify a run folder (hashes, then parity) or any ONNX file against a PyTorch model."""
+    report = RunReport(command="verify", output=request.path)
+    path = Path(request.path)
+    try:
+        if path.is_dir():
+            onnx_path, model_config, preprocessing, task = _from_run_folder(path, request, report)
+        else:
+            if request.model is None:
+                raise InputError(f"{path} is a file: say which PyTorch model it came from with --model (and --weights)")
+            load_onnx(path, load_external_data=False)
+            onnx_path, model_config = path, request.model
+            preprocessing, task = None, None  # the model's own, found by reference_stage
+        info = describe_model(onnx_path)
+        dynamic = bool(info.inputs and isinstance(info.inputs[0].shape[0], str))
+        if (
+            model_config.input_shape is None
+            and info.inputs
+            and all(isinstance(d, int) for d in info.inputs[0].shape[1:])
+        ):
+            shape = (1, *info.inputs[0].shape[1:]) if dynamic else tuple(info.inputs[0].shape)
+            model_config = dataclasses.replace(model_config, input_shape=tuple(int(d) for d in shape))
+        progress("reference")
+        references = _call_torch(
+            request.isolate_torch, reference_stage, model_config, preprocessing, request.verify, dynamic
+        )
+        report.steps["load"] = {"source": references.source, "input_shape": list(references.input_shape)}
+        report.timings.update(references.timings)
+        report.findings += references.findings
+        samples = references.samples
+        task = task or references.task
+        _timed(
+            report,
+            "verify",
+            progress,
+            lambda: verify_parity(
+                onnx_path, samples, references.references, request.verify, classification=task == "classification"
+            ),
+        )
+        report.status = "passed"
+    except PipelineError as exc:
+        report.status = "failed"
+        report.error = exc.message
+        if isinstance(exc, VerificationError) and exc.result is not None:
+            report.steps["verify"] = exc.result.to_dict()
+        exc.result = report
+        raise
+    return report
+
+
+def _from_run_folder(
+    folder: Path, request: VerifyRequest, report: RunReport
+) -> tuple[Path, ModelConfig, PreprocessSpec | None, str | None]:
+    manifest = read_json(folder / "manifest.json")
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise InputError(f"{folder}/manifest.json is not an onnx-pipeline run manifest: give a folder made by export")
+    problems = []
+    for rel, digest in manifest.get("files", {}).items():
+        file = folder / rel
+        if not file.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256_file(file) != digest:
+            problems.append(f"{rel} does not match its sha256 in the manifest")
+    report.steps["hashes"] = {"files": len(manifest.get("files", {})), "problems": problems}
+    if problems:
+        raise VerificationError(f"the run folder was modified: {'; '.join(problems)}. Re-export it")
+    source = manifest["source"]
+    if request.model is not None:
+        model_config = request.model
+    else:
+        weights = source.get("weights") or "random"
+        if weights not in ("random", "imagenet", "embedded"):
+            weights = source.get("weights_file") or weights
+            if (
+                source.get("weights_sha256")
+                and Path(weights).is_file()
+                and sha256_file(Path(weights)) != source["weights_sha256"]
+            ):
+                raise InputError(f"weights file {weights} changed since export: its sha256 differs from the manifest")
+        model_config = ModelConfig(
+            model=source.get("location") if source.get("kind") in ("factory", "torchscript") else source["model"],
+            weights=weights,
+            seed=int(source.get("seed", 0)),
+            input_shape=tuple(manifest["input_shape"]) if manifest.get("input_shape") else None,
+            rescale_random=bool(source.get("rescaled_random", True)),
+        )
+    prep = manifest.get("preprocessing")
+    return (
+        folder / manifest.get("model_file", MODEL_FILE),
+        model_config,
+        PreprocessSpec.from_dict(prep) if prep else None,
+        str(manifest.get("task", "classification")),
+    )

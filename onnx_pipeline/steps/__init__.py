@@ -1,0 +1,1 @@
+"""Pipeline steps: one public function each, typed config in, frozen result out."""
