@@ -51,6 +51,8 @@ def _errors(debug: bool) -> Iterator[None]:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s"
     )
+    if not debug:  # onnxruntime's ORT-format tool logs every file it writes at WARNING
+        logging.getLogger("ort_format_model").setLevel(logging.ERROR)
     try:
         yield
     except PipelineError as exc:
@@ -154,7 +156,14 @@ def _print_report(report: dict[str, Any], as_json: bool, report_path: Path | Non
         for failure in verify.get("failures", []):
             out.print(f"[red]failure:[/] {_escape(failure)}", soft_wrap=True)
     for name, bundle in steps.get("bundles", {}).items():
-        out.print(f"bundle {name}: {bundle.get('summary', '')}")
+        out.print(f"bundle {_escape(name)}: {_escape(bundle.get('summary', ''))}", soft_wrap=True)
+        for failure in bundle.get("failures", []):
+            out.print(f"[red]failure:[/] {_escape(failure)}", soft_wrap=True)
+    bundle = steps.get("bundle")
+    if bundle:
+        out.print(f"bundle {_escape(bundle.get('target', ''))}: {_escape(bundle.get('summary', ''))}", soft_wrap=True)
+        for failure in bundle.get("failures", []):
+            out.print(f"[red]failure:[/] {_escape(failure)}", soft_wrap=True)
 
 
 def _closing_line(status: str, seconds: float, output: Any) -> None:
@@ -255,7 +264,7 @@ def export(
         onnx-pipeline export -m my_models.py:build -w ckpt.pt --input-shape 1,3,128,128 -o runs/mine
     """
     from onnx_pipeline.config import resolve_pipeline_config
-    from onnx_pipeline.pipeline import run_export
+    from onnx_pipeline.pipeline import run_export, targets_layer
     from onnx_pipeline.sources import model_defaults
 
     start = time.perf_counter()
@@ -288,7 +297,12 @@ def export(
             "tolerances": {"atol": atol, "rtol": rtol, "min_cosine": min_cosine},
         }
         name = model or _config_model(config) or "vgg16"
-        pipeline_config = resolve_pipeline_config(cli=cli, config_file=config, model_defaults=model_defaults(name))
+        pipeline_config = resolve_pipeline_config(
+            cli=cli,
+            config_file=config,
+            target=targets_layer(target or []),
+            model_defaults=model_defaults(name),
+        )
         try:
             with _progress(not as_json) as progress:
                 result = run_export(pipeline_config, progress=progress)
@@ -393,6 +407,96 @@ def verify(
         if not as_json:
             _closing_line(result.status, time.perf_counter() - start, path)
     raise typer.Exit(EXIT_OK)
+
+
+# --------------------------------------------------------------------------- targets and bundles
+
+
+@app.command()
+def targets(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List the hardware targets in hardware/ (use --target PATH.toml for a profile of your own)."""
+    from onnx_pipeline.targets import list_targets
+
+    with _errors(debug):
+        found = list_targets()
+    if as_json:
+        rows = [
+            {
+                "name": t.name,
+                "description": t.description,
+                "precisions": list(t.precisions),
+                "artifacts": list(t.artifacts),
+                "providers": [name for name, _ in t.providers],
+                "batch": t.batch,
+                "opset": [t.opset.min, t.opset.max],
+                "profile": str(t.source),
+            }
+            for t in found
+        ]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="hardware targets", title_justify="left")
+    for column in ("name", "precisions", "artifacts", "providers", "batch", "description"):
+        table.add_column(column)
+    for t in found:
+        table.add_row(
+            t.name,
+            ", ".join(t.precisions),
+            ", ".join(t.artifacts),
+            ", ".join(name for name, _ in t.providers),
+            t.batch,
+            t.description,
+        )
+    out.print(table)
+
+
+@app.command()
+def bundle(
+    run: Annotated[Path, typer.Argument(help="A run folder written by export.")],
+    target: Annotated[
+        list[str], typer.Option("--target", "-t", help="Target name (onnx-pipeline targets) or PATH.toml; repeatable.")
+    ],
+    calibration_images: Annotated[
+        Path | None, typer.Option("--calibration-images", help="Photographs to calibrate int8 on (part held out).")
+    ] = None,
+    heldout_images: Annotated[
+        Path | None, typer.Option("--heldout-images", help="Photographs for the fidelity check only.")
+    ] = None,
+    seed: SeedOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing bundles.")] = False,
+    as_json: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build hardware bundles from a run folder into RUN/bundles/TARGET/.
+
+    Examples:
+
+        onnx-pipeline bundle runs/vgg16 --target cpu-x86_64 --calibration-images photos/
+
+        onnx-pipeline bundle runs/vgg16 -t cuda -t tensorrt -t vitis-ai-zcu102
+    """
+    from onnx_pipeline.pipeline import run_bundle
+    from onnx_pipeline.steps.bundle import BundleConfig
+
+    start = time.perf_counter()
+    with _errors(debug):
+        config = BundleConfig(
+            calibration_images=calibration_images, heldout_images=heldout_images, seed=seed or 0, force=force
+        )
+        try:
+            with _progress(not as_json) as progress:
+                result = run_bundle(run, target, config, progress=progress)
+        except PipelineError as exc:
+            if exc.result is not None and hasattr(exc.result, "to_dict"):
+                _print_report(exc.result.to_dict(), as_json, report)
+            _fail(exc)
+            if exc.exit_code == EXIT_FAILED and not as_json:
+                _closing_line("failed", time.perf_counter() - start, run / "bundles")
+            raise typer.Exit(exc.exit_code) from None
+        _print_report(result.to_dict(), as_json, report)
+        if not as_json:
+            _closing_line(result.status, time.perf_counter() - start, run / "bundles")
 
 
 def main() -> None:

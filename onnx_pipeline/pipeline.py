@@ -16,10 +16,19 @@ from onnx_pipeline.onnxfile import inline_external_data
 from onnx_pipeline.report import SCHEMA, RunReport, tool_versions
 from onnx_pipeline.runtime.preprocess import PreprocessSpec
 from onnx_pipeline.sources import load_model, resolve_spec
+from onnx_pipeline.steps.bundle import (
+    BUNDLE_SCHEMA,
+    OPSET_REWRITING,
+    BundleConfig,
+    BundleResult,
+    build_bundle,
+    verify_bundle,
+)
 from onnx_pipeline.steps.check import check_model, describe_model, load_onnx
 from onnx_pipeline.steps.export import ExportResult, export_model
 from onnx_pipeline.steps.simplify import simplify_model
 from onnx_pipeline.steps.verify import SampleSet, compute_reference, make_verification_inputs, verify_parity
+from onnx_pipeline.targets import HardwareTarget, load_target
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +76,12 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
     """
     report = RunReport(command="export", output=config.output, config=_config_dict(config))
     report.provenance = dict(config.provenance)
+    targets = [load_target(t) for t in config.targets]  # a bad name fails before any work
     try:
         with atomic_output_dir(config.output, force=config.force) as work:
             _export_into(work, config, report, progress)
+            for target in targets:
+                _timed_bundle(work, target, config, report, progress)
             report.status = "passed"
             report.timings["total"] = round(report.seconds, 3)
             manifest = read_json(work / "manifest.json")
@@ -192,6 +204,8 @@ def _export_into(work: Path, config: PipelineConfig, report: RunReport, progress
     start = time.perf_counter()
     known_hashes = _finalize(work / MODEL_FILE, keep_external=keep_external)
     report.timings["finalize"] = round(time.perf_counter() - start, 3)
+    if known_hashes or keep_external:  # the file was rewritten: check what ships
+        _timed(report, "check_final", progress, lambda: check_model(work / MODEL_FILE))
     info = describe_model(work / MODEL_FILE)
     verification = None
     if stage.samples is not None and stage.references is not None:
@@ -287,6 +301,79 @@ def _finalize(path: Path, *, keep_external: bool) -> dict[str, str]:
     return {path.name: digest}
 
 
+# --------------------------------------------------------------------------- bundles
+
+
+def targets_layer(names: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+    """The hardware-target layer of the config: what the targets agree on (batch mode, opset).
+
+    Targets whose builders rewrite the model themselves (Vitis AI: static batch 1, opset 17) do
+    not constrain the export; a key the others disagree on is left to the model's default.
+    """
+    layer: dict[str, dict[str, Any]] = {}
+    conflicts: set[tuple[str, str]] = set()
+    for target in (load_target(n) for n in names):
+        if set(target.artifacts) <= OPSET_REWRITING:
+            continue
+        for section, values in target.pipeline_defaults().items():
+            for key, value in values.items():
+                if key in layer.get(section, {}) and layer[section][key] != value:
+                    conflicts.add((section, key))
+                layer.setdefault(section, {})[key] = value
+    for section, key in conflicts:
+        del layer[section][key]
+    return layer
+
+
+def _bundle_config(config: PipelineConfig) -> BundleConfig:
+    return BundleConfig(calibration_images=config.calibration_images, seed=config.verify.seed, force=True)
+
+
+def _timed_bundle(
+    run_dir: Path, target: HardwareTarget, config: PipelineConfig, report: RunReport, progress: Progress
+) -> BundleResult:
+    progress(f"bundle {target.name}")
+    start = time.perf_counter()
+    try:
+        result = build_bundle(run_dir, target, _bundle_config(config))
+    except PipelineError as exc:
+        if exc.result is not None and hasattr(exc.result, "to_dict"):
+            report.steps.setdefault("bundles", {})[target.name] = exc.result.to_dict()
+        raise
+    report.steps.setdefault("bundles", {})[target.name] = result.to_dict()
+    report.timings[f"bundle:{target.name}"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def run_bundle(run_dir: Path, targets: list[str], config: BundleConfig, *, progress: Progress = _noop) -> RunReport:
+    """Build ``run_dir/bundles/<target>/`` for each target (``onnx-pipeline bundle``)."""
+    report = RunReport(command="bundle", output=Path(run_dir))
+    try:
+        if not Path(run_dir).is_dir():
+            raise InputError(f"{run_dir} is not a folder: give a run folder written by onnx-pipeline export")
+        loaded = [load_target(t) for t in targets]
+        if not loaded:
+            raise InputError("give at least one --target (onnx-pipeline targets lists them)")
+        for target in loaded:
+            progress(f"bundle {target.name}")
+            start = time.perf_counter()
+            try:
+                result = build_bundle(Path(run_dir), target, config)
+            except PipelineError as exc:
+                if exc.result is not None and hasattr(exc.result, "to_dict"):
+                    report.steps.setdefault("bundles", {})[target.name] = exc.result.to_dict()
+                raise
+            report.steps.setdefault("bundles", {})[target.name] = result.to_dict()
+            report.timings[f"bundle:{target.name}"] = round(time.perf_counter() - start, 3)
+        report.status = "passed"
+    except PipelineError as exc:
+        report.status = "failed"
+        report.error = exc.message
+        exc.result = report
+        raise
+    return report
+
+
 # --------------------------------------------------------------------------- verify
 
 
@@ -339,6 +426,18 @@ def run_verify(request: VerifyRequest, *, progress: Progress = _noop) -> RunRepo
     report = RunReport(command="verify", output=request.path)
     path = Path(request.path)
     try:
+        if path.is_dir() and _schema(path) == BUNDLE_SCHEMA:
+            progress("verify bundle")
+            start = time.perf_counter()
+            try:
+                bundle = verify_bundle(path)
+            except PipelineError as exc:
+                if exc.result is not None and hasattr(exc.result, "to_dict"):
+                    report.steps["bundle"] = exc.result.to_dict()
+                raise
+            report.record("bundle", bundle, time.perf_counter() - start)
+            report.status = "passed"
+            return report
         if path.is_dir():
             onnx_path, model_config, preprocessing, task = _from_run_folder(path, request, report)
         else:
@@ -382,6 +481,14 @@ def run_verify(request: VerifyRequest, *, progress: Progress = _noop) -> RunRepo
         exc.result = report
         raise
     return report
+
+
+def _schema(folder: Path) -> str | None:
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return None
+    data = read_json(manifest)
+    return data.get("schema") if isinstance(data, dict) else None
 
 
 def _from_run_folder(

@@ -1,0 +1,137 @@
+"""Fidelity of a bundle model against the fp32 reference: SQNR, cosine, top-1/top-5 agreement.
+
+Definitions (per output, over the held-out samples):
+
+- ``sqnr_db``: 10·log10(Σ ref² / Σ (ref − test)²) over all elements; ``inf`` when identical.
+- ``min_cosine``: the worst per-sample cosine similarity between flattened ref and test.
+- ``top1_agreement``: fraction of samples whose arg-max class is the same in ref and test.
+- ``top5_agreement``: fraction of samples whose reference top-1 class is in the test's top-5
+  (for outputs with 5 classes or fewer: the same as top-1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from onnx_pipeline.targets import FidelityThresholds
+
+
+@dataclass(frozen=True)
+class OutputFidelity:
+    """Figures for one output of one model."""
+
+    output: str
+    samples: int
+    sqnr_db: float
+    min_cosine: float
+    mean_cosine: float
+    top1_agreement: float
+    top5_agreement: float
+    max_abs_error: float
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    """One bundle model against the reference, with the thresholds used and what fell short."""
+
+    model: str
+    precision: str
+    outputs: tuple[OutputFidelity, ...]
+    thresholds: FidelityThresholds
+    failures: tuple[str, ...]
+    #: how the held-out inputs were made ("N held-out images" or "synthetic")
+    data: str
+    #: the execution provider that actually ran the model
+    provider: str = "CPUExecutionProvider"
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (strict JSON: an infinite figure, e.g. the SQNR of identical outputs, becomes "inf")."""
+        data = asdict(self)
+        for output in data["outputs"]:
+            for key, value in output.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    output[key] = str(value)
+        data["passed"] = self.passed
+        return data
+
+
+def output_figures(name: str, reference: np.ndarray, test: np.ndarray) -> OutputFidelity:
+    """Compare one output (batch first) of a model against the reference."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    out = np.asarray(test, dtype=np.float64).reshape(len(test), -1)
+    if ref.shape != out.shape:
+        raise ValueError(f"output '{name}': shape {out.shape} differs from the reference's {ref.shape}")
+    noise = float(np.sum((ref - out) ** 2))
+    signal = float(np.sum(ref**2))
+    if not np.all(np.isfinite(out)):
+        sqnr = -math.inf
+    elif noise == 0.0:
+        sqnr = math.inf
+    else:
+        sqnr = 10.0 * math.log10(max(signal, 1e-300) / noise)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    dots = np.sum(ref * out, axis=1)
+    # Two all-zero vectors agree perfectly; one all-zero vector against a non-zero one does not.
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.all(ref == out, axis=1), 1, 0))
+    # A sample with a NaN or infinite output agrees with nothing.
+    finite = np.all(np.isfinite(out), axis=1)
+    cosines = np.where(finite, np.nan_to_num(cosines, nan=-1.0), -1.0)
+    classes = ref.shape[1]
+    ref_top1 = np.argmax(ref, axis=1)
+    top1 = float(np.mean((ref_top1 == np.argmax(out, axis=1)) & finite))
+    k = min(5, classes)
+    test_topk = np.argsort(-out, axis=1)[:, :k]
+    top5 = float(np.mean([bool(finite[i]) and ref_top1[i] in test_topk[i] for i in range(len(ref))]))
+    return OutputFidelity(
+        output=name,
+        samples=len(ref),
+        sqnr_db=round(sqnr, 3) if math.isfinite(sqnr) else sqnr,
+        min_cosine=float(np.min(cosines)),
+        mean_cosine=float(np.mean(cosines)),
+        top1_agreement=top1,
+        top5_agreement=top5,
+        max_abs_error=float(np.max(np.abs(ref - out))) if np.all(np.isfinite(out)) else math.inf,
+    )
+
+
+def judge(
+    model: str,
+    precision: str,
+    names: list[str],
+    reference: list[np.ndarray],
+    test: list[np.ndarray],
+    thresholds: FidelityThresholds,
+    data: str,
+    *,
+    provider: str = "CPUExecutionProvider",
+) -> FidelityResult:
+    """Figures for every output, and every threshold each one misses (collected, not raised)."""
+    outputs = tuple(output_figures(n, r, t) for n, r, t in zip(names, reference, test, strict=True))
+    failures: list[str] = []
+    for fig in outputs:
+        checks = (
+            ("cosine", fig.min_cosine, thresholds.min_cosine),
+            ("SQNR dB", fig.sqnr_db, thresholds.min_sqnr_db),
+            ("top-1 agreement", fig.top1_agreement, thresholds.min_top1_agreement),
+            ("top-5 agreement", fig.top5_agreement, thresholds.min_top5_agreement),
+        )
+        for label, value, minimum in checks:
+            if not value >= minimum:  # also catches NaN
+                failures.append(f"{model} [{fig.output}]: {label} {value:.6g} < {minimum:.6g}")
+    return FidelityResult(
+        model=model,
+        precision=precision,
+        outputs=outputs,
+        thresholds=thresholds,
+        failures=tuple(failures),
+        data=data,
+        provider=provider,
+    )

@@ -1,0 +1,270 @@
+"""Triton Inference Server model repository: write ``config.pbtxt``, parse it back, check it against the model.
+
+The config is protobuf text format (Triton's ``ModelConfig``). ``parse_pbtxt`` is a small reader for
+that format (fields, nested messages, lists, strings, numbers, enums), enough to read back what
+``render_config`` writes and hand-edited variants of it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from onnx_pipeline.errors import BundleError
+from onnx_pipeline.targets import TritonSpec
+
+#: ONNX TensorProto element type → Triton data type
+ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    8: "TYPE_STRING",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+    16: "TYPE_BF16",
+}
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    """A model input or output as Triton sees it."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]  # -1 for a dynamic dim
+
+
+def model_signature(model: Any) -> tuple[list[TensorSig], list[TensorSig], bool]:
+    """Inputs, outputs (full dims, -1 where dynamic) and whether every tensor's first dim is dynamic."""
+    initializers = {i.name for i in model.graph.initializer}
+
+    def sig(value: Any) -> TensorSig:
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSig(value.name, ONNX_TO_TRITON.get(tensor.elem_type, f"ONNX_{tensor.elem_type}"), dims)
+
+    inputs = [sig(v) for v in model.graph.input if v.name not in initializers]
+    outputs = [sig(v) for v in model.graph.output]
+    batched = all(t.dims and t.dims[0] == -1 for t in (*inputs, *outputs))
+    return inputs, outputs, batched
+
+
+def render_config(name: str, model: Any, spec: TritonSpec) -> str:
+    """The config.pbtxt for ``model`` served by the ONNX Runtime backend under the name ``name``."""
+    inputs, outputs, batched = model_signature(model)
+    max_batch = spec.max_batch_size if batched else 0
+
+    def tensors(kind: str, sigs: list[TensorSig]) -> list[str]:
+        lines = [f"{kind} ["]
+        for index, t in enumerate(sigs):
+            dims = t.dims[1:] if max_batch > 0 else t.dims
+            lines += [
+                "  {",
+                f'    name: "{t.name}"',
+                f"    data_type: {t.data_type}",
+                f"    dims: [ {', '.join(str(d) for d in dims)} ]",
+                "  }" + ("," if index < len(sigs) - 1 else ""),
+            ]
+        lines.append("]")
+        return lines
+
+    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch}"]
+    lines += tensors("input", inputs)
+    lines += tensors("output", outputs)
+    lines += [
+        "instance_group [",
+        "  {",
+        f"    count: {spec.instance_count}",
+        f"    kind: {spec.instance_kind}",
+        "  }",
+        "]",
+    ]
+    if max_batch > 0:
+        lines.append("dynamic_batching {")
+        preferred = [b for b in spec.preferred_batch_sizes if b <= max_batch]
+        if preferred:
+            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
+        lines += [f"  max_queue_delay_microseconds: {spec.max_queue_delay_microseconds}", "}"]
+    if spec.accelerator:
+        lines += [
+            "optimization {",
+            "  execution_accelerators {",
+            "    gpu_execution_accelerator : [",
+            "      {",
+            f'        name : "{spec.accelerator}"',
+            f'        parameters {{ key: "precision_mode" value: "{spec.precision_mode}" }}',
+            '        parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
+            "      }",
+            "    ]",
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --- a small protobuf text-format reader --------------------------------------------------------
+
+_TOKEN = re.compile(
+    r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')|([-+]?[0-9][0-9.eE+-]*)|([A-Za-z_][A-Za-z0-9_.]*)|([{}\[\]:,;<>]))'
+)
+
+
+def _tokens(text: str) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        match = _TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            raise ValueError(f"unexpected character {text[pos:].lstrip()[:1]!r} at offset {pos}")
+        pos = match.end()
+        if match.group(1) is None:
+            out.append(next(g for g in match.groups()[1:] if g is not None))
+    return out
+
+
+def parse_pbtxt(text: str) -> dict[str, list[Any]]:
+    """Parse protobuf text format into {field: [values...]} (every field a list; messages are dicts).
+
+    Raises ValueError with the position of the first syntax error.
+    """
+    tokens = _tokens(text)
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take(expected: str | None = None) -> str:
+        nonlocal pos
+        if pos >= len(tokens):
+            raise ValueError(f"unexpected end of input (expected {expected or 'a value'})")
+        token = tokens[pos]
+        if expected is not None and token != expected:
+            raise ValueError(f"expected {expected!r}, got {token!r} (token {pos})")
+        pos += 1
+        return token
+
+    def scalar(token: str) -> Any:
+        if token[0] in "\"'":
+            return bytes(token[1:-1], "utf-8").decode("unicode_escape")
+        if re.fullmatch(r"[-+]?[0-9]+", token):
+            return int(token)
+        if re.fullmatch(r"[-+]?[0-9][0-9.eE+-]*", token):
+            return float(token)
+        if token in ("true", "True"):
+            return True
+        if token in ("false", "False"):
+            return False
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", token):
+            return token  # an enum value, e.g. TYPE_FP32
+        raise ValueError(f"expected a value, got {token!r}")
+
+    def value() -> Any:
+        token = take()
+        if token in ("{", "<"):
+            return message("}" if token == "{" else ">")
+        return scalar(token)
+
+    def message(end: str | None) -> dict[str, list[Any]]:
+        fields: dict[str, list[Any]] = {}
+        while True:
+            token = peek()
+            if token is None:
+                if end is not None:
+                    raise ValueError(f"missing {end!r} at end of input")
+                return fields
+            if token == end:
+                take()
+                return fields
+            if token in (",", ";"):
+                take()
+                continue
+            name = take()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
+                raise ValueError(f"expected a field name, got {name!r}")
+            if peek() == ":":
+                take(":")
+            if peek() == "[":
+                take("[")
+                items = fields.setdefault(name, [])
+                while peek() != "]":
+                    items.append(value())
+                    if peek() == ",":
+                        take(",")
+                take("]")
+            elif peek() in ("{", "<"):
+                fields.setdefault(name, []).append(value())
+            else:
+                fields.setdefault(name, []).append(value())
+
+    return message(None)
+
+
+def _one(fields: dict[str, list[Any]], key: str, default: Any = None) -> Any:
+    values = fields.get(key, [])
+    return values[-1] if values else default
+
+
+def check_config(text: str, model: Any, *, model_name: str, source: str = "config.pbtxt") -> dict[str, Any]:
+    """Parse ``text`` and check it against ``model``; raises BundleError listing every mismatch.
+
+    Returns a summary (name, platform, max_batch_size, inputs, outputs) for the manifest.
+    """
+    try:
+        config = parse_pbtxt(text)
+    except ValueError as exc:
+        raise BundleError(f"{source} is not valid protobuf text: {exc}") from None
+    problems: list[str] = []
+    if _one(config, "name") != model_name:
+        problems.append(f"name is {_one(config, 'name')!r}, the repository folder is {model_name!r}")
+    if _one(config, "platform") != "onnxruntime_onnx" and _one(config, "backend") != "onnxruntime":
+        problems.append(f"platform is {_one(config, 'platform')!r}, expected 'onnxruntime_onnx'")
+    max_batch = _one(config, "max_batch_size", 0)
+    inputs, outputs, batched = model_signature(model)
+    if not isinstance(max_batch, int) or max_batch < 0:
+        problems.append(f"max_batch_size must be a non-negative integer, got {max_batch!r}")
+        max_batch = 0
+    if max_batch > 0 and not batched:
+        problems.append(f"max_batch_size is {max_batch} but the model's first dims are not all dynamic")
+    if max_batch == 0 and config.get("dynamic_batching"):
+        problems.append("dynamic_batching needs max_batch_size > 0")
+    for kind, expected in (("input", inputs), ("output", outputs)):
+        declared = {_one(t, "name"): t for t in config.get(kind, [])}
+        names = [t.name for t in expected]
+        if sorted(declared) != sorted(names):
+            problems.append(f"{kind} names {sorted(declared)} differ from the model's {sorted(names)}")
+        for sig in expected:
+            entry = declared.get(sig.name)
+            if entry is None:
+                continue
+            dtype = _one(entry, "data_type")
+            if dtype != sig.data_type:
+                problems.append(f"{kind} '{sig.name}': data_type {dtype}, the model has {sig.data_type}")
+            dims = tuple(entry.get("dims", []))
+            want = sig.dims[1:] if max_batch > 0 else sig.dims
+            if dims != want:
+                problems.append(f"{kind} '{sig.name}': dims {list(dims)}, the model needs {list(want)}")
+    if problems:
+        raise BundleError(f"{source} does not match the model: " + "; ".join(problems))
+    return {
+        "name": model_name,
+        "platform": _one(config, "platform"),
+        "max_batch_size": max_batch,
+        "inputs": [{"name": t.name, "data_type": t.data_type, "dims": list(t.dims)} for t in inputs],
+        "outputs": [{"name": t.name, "data_type": t.data_type, "dims": list(t.dims)} for t in outputs],
+        "accelerators": [
+            _one(acc, "name")
+            for opt in config.get("optimization", [])
+            for ea in opt.get("execution_accelerators", [])
+            for acc in ea.get("gpu_execution_accelerator", [])
+        ],
+    }

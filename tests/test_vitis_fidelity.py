@@ -1,0 +1,155 @@
+"""Fidelity of the power-of-two model on a trained CNN (digits) and on VGG16 (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _export(model, example, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Export as the pipeline does: dynamo exporter, dynamic batch named "batch"."""
+    import torch
+
+    model.eval()
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+    )
+    return path
+
+
+def _run(path: Path, data: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[None]})[0] for x in data])
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    images = np.kron(images, np.ones((2, 2), dtype=np.float32))  # 8x8 -> 16x16
+    images = ((images - 0.5) / 0.5)[:, None]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(images))
+    train, test = order[:1300], order[1300:]
+    return images[train], digits.target[train], images[test], digits.target[test]
+
+
+def _vgg_style():  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    class SmallVgg(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+            self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(torch.flatten(self.features(x), 1))
+
+    return SmallVgg()
+
+
+def test_digits_power_of_two_loses_at_most_one_point(tmp_path: Path) -> None:
+    import torch
+
+    from onnx_pipeline.targets import load_target
+    from onnx_pipeline.vitis.bundle import write_vitis_artifacts
+
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = _digits()
+    model = _vgg_style()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train).long()
+    for _epoch in range(6):
+        for i in torch.randperm(len(xt)).split(64):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xt[i]), yt[i])
+            loss.backward()
+            optimizer.step()
+    path = _export(model, torch.from_numpy(x_test[:2]), tmp_path / "model.onnx")
+
+    target = load_target("vitis-ai-zcu102")
+    artifacts = write_vitis_artifacts(path, tmp_path / "bundle", target, x_train[:64], x_test, None, False)
+    fp32 = _run(tmp_path / "bundle" / "model_fp32.onnx", x_test).argmax(1)
+    xint8 = _run(tmp_path / "bundle" / "model_xint8_qdq.onnx", x_test).argmax(1)
+    acc_fp32 = float(np.mean(fp32 == y_test))
+    acc_xint8 = float(np.mean(xint8 == y_test))
+    assert acc_fp32 > 0.9, f"the CNN did not train ({acc_fp32:.3f})"
+    assert acc_fp32 - acc_xint8 <= 0.01, f"fp32 {acc_fp32:.4f} vs power-of-two {acc_xint8:.4f}"
+    assert artifacts.fidelity["passed"]
+    assert artifacts.dpu_report["on_cpu"] == 0
+
+
+def _rescaled_vgg16():  # type: ignore[no-untyped-def]
+    """torchvision VGG16 with random weights, each Conv/Linear rescaled to unit output std on a sample."""
+    import torch
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    model = vgg16().eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        for stage in (model.features, model.avgpool, torch.nn.Flatten(1), model.classifier):
+            layers = stage if isinstance(stage, torch.nn.Sequential) else [stage]
+            for layer in layers:
+                y = layer(x)
+                if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+                    std = float(y.std())
+                    layer.weight /= std
+                    layer.bias /= std
+                    y = layer(x)
+                x = y
+    return model
+
+
+@pytest.mark.slow
+def test_vgg16_every_board(tmp_path: Path) -> None:
+    import torch
+
+    from onnx_pipeline.targets import load_target
+    from onnx_pipeline.vitis.bundle import write_vitis_artifacts
+    from onnx_pipeline.vitis.graph import load_parts, to_static_opset17
+    from onnx_pipeline.vitis.report import build_dpu_report
+    from tests.test_vitis import BOARDS
+
+    path = _export(_rescaled_vgg16(), torch.randn(1, 3, 224, 224), tmp_path / "vgg16.onnx")
+    parts = load_parts(path)
+    to_static_opset17(parts)
+    for board in BOARDS:
+        report = build_dpu_report(parts.skeleton, load_target(board).dpu)
+        for node in report.nodes:
+            if node.op_type in ("Conv", "Gemm", "MaxPool"):
+                assert node.device == "DPU", f"{board}: {node.name} on the CPU ({node.rule}: {node.detail})"
+    del parts
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
+    heldout = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)
+    artifacts = write_vitis_artifacts(
+        path, tmp_path / "bundle", load_target("vitis-ai-vek280"), calibration, heldout, None, True
+    )
+    (figures,) = artifacts.fidelity["outputs"]
+    assert figures["min_cosine"] >= 0.99, figures
