@@ -3,6 +3,9 @@
     from onnx_pipeline import api
     report = api.export("vgg16", weights="random", output="runs/vgg16")
     api.verify("runs/vgg16")
+    api.bundle("runs/vgg16", ["cpu-x86_64"], calibration_images="photos/")
+    api.predict("runs/vgg16/bundles/cpu-x86_64", ["cat.jpg"])
+    api.bench("runs/vgg16/bundles/cpu-x86_64", batch_sizes=[1])
 
 Each function builds the same typed config the CLI builds and returns the typed result; a
 problem a user can fix raises a ``PipelineError`` (``.exit_code``, ``.result``).
@@ -20,6 +23,8 @@ from onnx_pipeline.report import RunReport
 from onnx_pipeline.sources import model_defaults
 
 if TYPE_CHECKING:
+    from onnx_pipeline.bench import BenchResult
+    from onnx_pipeline.runtime import Prediction
     from onnx_pipeline.targets import HardwareTarget
 
 
@@ -158,3 +163,25 @@ def bundle(
         force=force,
     )
     return run_bundle(Path(run), list(targets), config)
+
+
+def predict(
+    bundle: str | Path, images: Sequence[str | Path], *, top_k: int = 5, model: str | None = None
+) -> list[Prediction]:
+    """Classify image files with a bundle (``onnx-pipeline predict``); onnxruntime, numpy and Pillow only."""
+    from onnx_pipeline.runtime import Bundle
+
+    loaded = Bundle.load(bundle, model=model)
+    return [loaded.predict(image, top_k=top_k) for image in images]
+
+
+def bench(
+    bundle: str | Path, *, batch_sizes: Sequence[int] = (1, 8), seconds: float = 3.0, eager: bool = True
+) -> BenchResult:
+    """Latency and throughput of a bundle's models beside PyTorch eager and the GEMM floor (``onnx-pipeline bench``)."""
+    from onnx_pipeline.bench import BenchConfig, benchmark_bundle
+    from onnx_pipeline.pipeline import eager_model_builder
+
+    builder = eager_model_builder(Path(bundle)) if eager else None
+    config = BenchConfig(batch_sizes=tuple(batch_sizes), min_seconds=seconds, torch_model=builder, eager=eager)
+    return benchmark_bundle(bundle, config)

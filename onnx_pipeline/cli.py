@@ -499,6 +499,98 @@ def bundle(
             _closing_line(result.status, time.perf_counter() - start, run / "bundles")
 
 
+# --------------------------------------------------------------------------- edge runtime and bench
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (RUN/bundles/TARGET) or a run folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to list per image.")] = 5,
+    model_name: Annotated[
+        str | None, typer.Option("--model", help="Which model of the bundle: a precision (int8) or a file name.")
+    ] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Execution provider(s), in order.")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Classify images with a bundle, using onnxruntime, numpy and Pillow only (no torch).
+
+    Examples:
+
+        onnx-pipeline predict runs/vgg16/bundles/cpu-x86_64 hotdog.jpg --top-k 3
+
+        onnx-pipeline predict runs/vgg16/bundles/cpu-x86_64 photos/*.jpg --model fp32 --json
+    """
+    from onnx_pipeline.runtime import Bundle
+
+    with _errors(debug):
+        if top_k < 1:
+            raise typer.BadParameter("--top-k must be at least 1")
+        loaded = Bundle.load(bundle, providers=provider or None, model=model_name)
+        predictions = [loaded.predict(image, top_k=top_k) for image in images]
+    if as_json:
+        payload = {
+            "bundle": str(bundle),
+            "model": loaded.model.file,
+            "providers": list(loaded.providers),
+            "predictions": [p.to_dict() for p in predictions],
+        }
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    out.print(f"{_escape(loaded.model.file)} on {', '.join(loaded.providers)}", soft_wrap=True)
+    for p in predictions:
+        top = ", ".join(f"{_escape(str(c.class_name))} ({c.class_id}) {c.probability:.1%}" for c in p.top_k)
+        out.print(f"{_escape(p.source)}: [bold]{_escape(str(p.class_name))}[/] ({p.class_id}) — {top}", soft_wrap=True)
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (RUN/bundles/TARGET) or a run folder.")],
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8",
+    seconds: Annotated[float, typer.Option("--seconds", help="Least time per measurement.")] = 3.0,
+    threads: Annotated[int, typer.Option("--threads", help="Intra-op threads (0: the bundle's setting).")] = 0,
+    eager: Annotated[
+        bool, typer.Option("--eager/--no-eager", help="Measure PyTorch eager as the baseline, in the same run.")
+    ] = True,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Latency (p50/p90/p99) and throughput of each model of a bundle, beside PyTorch eager and the GEMM floor.
+
+    Examples:
+
+        onnx-pipeline bench runs/vgg16/bundles/cpu-x86_64
+
+        onnx-pipeline bench runs/vgg16/bundles/cpu-x86_64 --batch-sizes 1 --json
+    """
+    from onnx_pipeline.bench import BenchConfig, bench_summary, bench_table, benchmark_bundle
+    from onnx_pipeline.pipeline import eager_model_builder
+
+    try:
+        sizes = tuple(int(v) for v in batch_sizes.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"'{batch_sizes}' is not a list of batch sizes: write it like 1,8") from None
+    with _errors(debug):
+        builder = eager_model_builder(bundle) if eager and (bundle / "manifest.json").is_file() else None
+        config = BenchConfig(batch_sizes=sizes, min_seconds=seconds, threads=threads, torch_model=builder, eager=eager)
+        with _progress(not as_json) as progress:
+            progress("bench")
+            result = benchmark_bundle(bundle, config)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    header, rows = bench_table(result)
+    table = Table(title=f"bench: {bundle}", title_justify="left")
+    for column in header:
+        table.add_column(column, justify="left" if column in ("backend", "model") else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    for line in bench_summary(result):
+        out.print(_escape(line), soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -200,13 +200,9 @@ def _export_into(work: Path, config: PipelineConfig, report: RunReport, progress
     keep_external = config.export.external_data is True or (
         config.export.external_data is None and stage.param_bytes > 0.9 * PROTOBUF_LIMIT_BYTES
     )
-    progress("finalize")
-    start = time.perf_counter()
-    known_hashes = _finalize(work / MODEL_FILE, keep_external=keep_external)
-    report.timings["finalize"] = round(time.perf_counter() - start, 3)
-    if known_hashes or keep_external:  # the file was rewritten: check what ships
-        _timed(report, "check_final", progress, lambda: check_model(work / MODEL_FILE))
-    info = describe_model(work / MODEL_FILE)
+    # Verify the model as it stands, weights still external: onnxruntime then maps them instead
+    # of parsing a 500 MB protobuf. Finalising only re-encodes the same tensor bytes (inline or
+    # in one data file), and the checker runs again on what ships.
     verification = None
     if stage.samples is not None and stage.references is not None:
         samples, references = stage.samples, stage.references
@@ -223,6 +219,13 @@ def _export_into(work: Path, config: PipelineConfig, report: RunReport, progress
             if exc.result is not None:
                 report.steps["verify"] = exc.result.to_dict()
             raise
+    progress("finalize")
+    start = time.perf_counter()
+    known_hashes = _finalize(work / MODEL_FILE, keep_external=keep_external)
+    report.timings["finalize"] = round(time.perf_counter() - start, 3)
+    if known_hashes or keep_external:  # the file was rewritten: check what ships
+        _timed(report, "check_final", progress, lambda: check_model(work / MODEL_FILE))
+    info = describe_model(work / MODEL_FILE)
     manifest = {
         "schema": SCHEMA,
         "model_file": MODEL_FILE,
@@ -483,6 +486,25 @@ def run_verify(request: VerifyRequest, *, progress: Progress = _noop) -> RunRepo
     return report
 
 
+def model_config_from_source(
+    source: dict[str, Any], input_shape: tuple[int, ...] | None, *, check_weights: bool = False
+) -> ModelConfig:
+    """The ModelConfig that rebuilds the PyTorch model a manifest's ``source`` describes."""
+    weights = source.get("weights") or "random"
+    if weights not in ("random", "imagenet", "embedded"):
+        weights = source.get("weights_file") or weights
+        expected = source.get("weights_sha256")
+        if check_weights and expected and Path(weights).is_file() and sha256_file(Path(weights)) != expected:
+            raise InputError(f"weights file {weights} changed since export: its sha256 differs from the manifest")
+    return ModelConfig(
+        model=str(source.get("location") if source.get("kind") in ("factory", "torchscript") else source["model"]),
+        weights=weights,
+        seed=int(source.get("seed", 0)),
+        input_shape=input_shape,
+        rescale_random=bool(source.get("rescaled_random", True)),
+    )
+
+
 def _schema(folder: Path) -> str | None:
     manifest = folder / "manifest.json"
     if not manifest.is_file():
@@ -507,26 +529,11 @@ def _from_run_folder(
     report.steps["hashes"] = {"files": len(manifest.get("files", {})), "problems": problems}
     if problems:
         raise VerificationError(f"the run folder was modified: {'; '.join(problems)}. Re-export it")
-    source = manifest["source"]
     if request.model is not None:
         model_config = request.model
     else:
-        weights = source.get("weights") or "random"
-        if weights not in ("random", "imagenet", "embedded"):
-            weights = source.get("weights_file") or weights
-            if (
-                source.get("weights_sha256")
-                and Path(weights).is_file()
-                and sha256_file(Path(weights)) != source["weights_sha256"]
-            ):
-                raise InputError(f"weights file {weights} changed since export: its sha256 differs from the manifest")
-        model_config = ModelConfig(
-            model=source.get("location") if source.get("kind") in ("factory", "torchscript") else source["model"],
-            weights=weights,
-            seed=int(source.get("seed", 0)),
-            input_shape=tuple(manifest["input_shape"]) if manifest.get("input_shape") else None,
-            rescale_random=bool(source.get("rescaled_random", True)),
-        )
+        input_shape = tuple(manifest["input_shape"]) if manifest.get("input_shape") else None
+        model_config = model_config_from_source(manifest["source"], input_shape, check_weights=True)
     prep = manifest.get("preprocessing")
     return (
         folder / manifest.get("model_file", MODEL_FILE),
@@ -534,3 +541,22 @@ def _from_run_folder(
         PreprocessSpec.from_dict(prep) if prep else None,
         str(manifest.get("task", "classification")),
     )
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def eager_model_builder(bundle_dir: Path) -> Callable[[], Any] | None:
+    """A zero-argument builder of the PyTorch model a bundle came from (the eager baseline), if known."""
+    manifest = read_json(Path(bundle_dir) / "manifest.json")
+    if not isinstance(manifest, dict):
+        return None
+    source = manifest.get("source") or (manifest.get("run") or {}).get("source")  # run folder or bundle
+    if not isinstance(source, dict) or not source.get("model"):
+        return None
+    shape = None
+    inputs = manifest.get("inputs") or []
+    if inputs and all(isinstance(d, int) for d in inputs[0]["shape"][1:]):
+        shape = (1, *inputs[0]["shape"][1:])
+    config = model_config_from_source(source, shape)
+    return lambda: load_model(config).module

@@ -414,7 +414,7 @@ def rescale_random_weights(module: Any, sample: Any) -> list[str]:
     return findings
 
 
-def _rescale_sample(spec: ModelSpec, input_shape: tuple[int, ...], seed: int) -> Any:
+def _rescale_sample(spec: ModelSpec, input_shape: tuple[int, ...], seed: int, samples: int) -> Any:
     """Seeded samples like the ones verify uses: normal, and uniform over the real input range.
 
     Calibrating BatchNorm on normal samples alone left EfficientNet ill-conditioned on
@@ -425,15 +425,21 @@ def _rescale_sample(spec: ModelSpec, input_shape: tuple[int, ...], seed: int) ->
     generator = torch.Generator().manual_seed(seed + 1)
     shape = tuple(input_shape[1:])
     prep = spec.preprocessing
-    normal = torch.randn((_RESCALE_SAMPLES // 2, *shape), generator=generator)
+    half = samples // 2
+    normal = torch.randn((half, *shape), generator=generator)
     if prep is None or len(shape) != 3 or shape[0] != prep.channels:
-        return torch.cat([normal, torch.randn((_RESCALE_SAMPLES // 2, *shape), generator=generator)])
+        return torch.cat([normal, torch.randn((samples - half, *shape), generator=generator)])
     low, high = (torch.from_numpy(v).view(-1, 1, 1) for v in prep.input_range())
-    uniform = low + torch.rand((_RESCALE_SAMPLES // 2, *shape), generator=generator) * (high - low)
+    uniform = low + torch.rand((samples - half, *shape), generator=generator) * (high - low)
     return torch.cat([normal, uniform])
 
 
-_RESCALE_SAMPLES = 8
+def _rescale_samples(module: Any) -> int:
+    """BatchNorm statistics need a batch (8); a model without BatchNorm only needs a scale (2)."""
+    from torch import nn
+
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    return 8 if has_bn else 2
 
 
 def load_model(config: ModelConfig, spec: ModelSpec | None = None) -> LoadedModel:
@@ -461,7 +467,7 @@ def load_model(config: ModelConfig, spec: ModelSpec | None = None) -> LoadedMode
             weights, weights_file = "embedded", spec.location
             weights_sha256 = sha256_file(Path(spec.location))
         elif config.rescale_random:
-            sample = _rescale_sample(spec, input_shape, config.seed)
+            sample = _rescale_sample(spec, input_shape, config.seed, _rescale_samples(module))
             try:
                 findings += rescale_random_weights(module, sample)
             except RuntimeError as exc:
