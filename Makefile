@@ -16,13 +16,20 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+TARGETS ?= --target cpu-x86_64 --target cuda --target vitis-ai-kv260
+
 demo: setup
-	$(BIN)/onnx-pipeline export --model vgg16 --weights random --output $(RUN) --force
+	$(BIN)/python scripts/sample_photos.py runs/photos
+	$(BIN)/onnx-pipeline export --model vgg16 --weights random --output $(RUN) --force \
+		--images runs/photos --calibration-images runs/photos $(TARGETS)
 	$(BIN)/onnx-pipeline verify $(RUN)
+	$(BIN)/onnx-pipeline verify $(RUN)/bundles/cpu-x86_64
+	$(BIN)/onnx-pipeline predict $(RUN)/bundles/cpu-x86_64 runs/photos/chelsea.jpg runs/photos/coffee.jpg --top-k 3
+	$(BIN)/onnx-pipeline bench $(RUN)/bundles/cpu-x86_64 --batch-sizes 1 --seconds 2
 
 lint: setup
-	$(BIN)/ruff check onnx_pipeline tests benchmarks
-	$(BIN)/ruff format --check onnx_pipeline tests benchmarks
+	$(BIN)/ruff check onnx_pipeline tests benchmarks scripts
+	$(BIN)/ruff format --check onnx_pipeline tests benchmarks scripts
 	$(BIN)/mypy onnx_pipeline
 
 test: setup lint
@@ -30,6 +37,9 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/int8_quantize.py
+	$(BIN)/python benchmarks/vitis_quantize.py
+	$(BIN)/python benchmarks/degenerate_models.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

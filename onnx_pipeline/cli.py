@@ -171,6 +171,27 @@ def _closing_line(status: str, seconds: float, output: Any) -> None:
     (out if status == "passed" else err).print(f"{word} in {seconds:.1f} s → {_escape(str(output))}", soft_wrap=True)
 
 
+def _run_reported(
+    call: Callable[[Callable[[str], None]], Any], *, as_json: bool, report: Path | None, output: Any
+) -> None:
+    """Run a library call that returns a RunReport; print it, the closing line, and exit with its code."""
+    start = time.perf_counter()
+    try:
+        with _progress(not as_json) as progress:
+            result = call(progress)
+    except PipelineError as exc:
+        if exc.result is not None and hasattr(exc.result, "to_dict"):
+            _print_report(exc.result.to_dict(), as_json, report)
+        _fail(exc)
+        if exc.exit_code == EXIT_FAILED and not as_json:
+            _closing_line("failed", time.perf_counter() - start, output)
+        raise typer.Exit(exc.exit_code) from None
+    _print_report(result.to_dict(), as_json, report)
+    if not as_json:
+        _closing_line(result.status, time.perf_counter() - start, output)
+    raise typer.Exit(EXIT_OK if result.status == "passed" else EXIT_FAILED)
+
+
 # --------------------------------------------------------------------------- export
 
 ModelOpt = Annotated[
@@ -267,7 +288,6 @@ def export(
     from onnx_pipeline.pipeline import run_export, targets_layer
     from onnx_pipeline.sources import model_defaults
 
-    start = time.perf_counter()
     shape = _parse_shape(input_shape)
     with _errors(debug):
         cli: dict[str, dict[str, Any]] = {
@@ -303,20 +323,12 @@ def export(
             target=targets_layer(target or []),
             model_defaults=model_defaults(name),
         )
-        try:
-            with _progress(not as_json) as progress:
-                result = run_export(pipeline_config, progress=progress)
-        except PipelineError as exc:
-            if exc.result is not None and hasattr(exc.result, "to_dict"):
-                _print_report(exc.result.to_dict(), as_json, report)
-            _fail(exc)
-            if exc.exit_code == EXIT_FAILED and not as_json:
-                _closing_line("failed", time.perf_counter() - start, output)
-            raise typer.Exit(exc.exit_code) from None
-        _print_report(result.to_dict(), as_json, report)
-        if not as_json:
-            _closing_line(result.status, time.perf_counter() - start, output)
-    raise typer.Exit(EXIT_OK if result.status == "passed" else EXIT_FAILED)
+        _run_reported(
+            lambda progress: run_export(pipeline_config, progress=progress),
+            as_json=as_json,
+            report=report,
+            output=output,
+        )
 
 
 def _config_model(config: Path | None) -> str | None:
@@ -365,7 +377,6 @@ def verify(
     from onnx_pipeline.pipeline import VerifyRequest, run_verify
     from onnx_pipeline.sources import model_defaults
 
-    start = time.perf_counter()
     shape = _parse_shape(input_shape)
     with _errors(debug):
         tolerances = Tolerances(
@@ -393,20 +404,9 @@ def verify(
         request = VerifyRequest(
             path=path, model=model_config, verify=VerifyConfig(**verify_kwargs), isolate_torch=isolate
         )
-        try:
-            with _progress(not as_json) as progress:
-                result = run_verify(request, progress=progress)
-        except PipelineError as exc:
-            if exc.result is not None and hasattr(exc.result, "to_dict"):
-                _print_report(exc.result.to_dict(), as_json, report)
-            _fail(exc)
-            if exc.exit_code == EXIT_FAILED and not as_json:
-                _closing_line("failed", time.perf_counter() - start, path)
-            raise typer.Exit(exc.exit_code) from None
-        _print_report(result.to_dict(), as_json, report)
-        if not as_json:
-            _closing_line(result.status, time.perf_counter() - start, path)
-    raise typer.Exit(EXIT_OK)
+        _run_reported(
+            lambda progress: run_verify(request, progress=progress), as_json=as_json, report=report, output=path
+        )
 
 
 # --------------------------------------------------------------------------- targets and bundles
@@ -479,24 +479,16 @@ def bundle(
     from onnx_pipeline.pipeline import run_bundle
     from onnx_pipeline.steps.bundle import BundleConfig
 
-    start = time.perf_counter()
     with _errors(debug):
         config = BundleConfig(
             calibration_images=calibration_images, heldout_images=heldout_images, seed=seed or 0, force=force
         )
-        try:
-            with _progress(not as_json) as progress:
-                result = run_bundle(run, target, config, progress=progress)
-        except PipelineError as exc:
-            if exc.result is not None and hasattr(exc.result, "to_dict"):
-                _print_report(exc.result.to_dict(), as_json, report)
-            _fail(exc)
-            if exc.exit_code == EXIT_FAILED and not as_json:
-                _closing_line("failed", time.perf_counter() - start, run / "bundles")
-            raise typer.Exit(exc.exit_code) from None
-        _print_report(result.to_dict(), as_json, report)
-        if not as_json:
-            _closing_line(result.status, time.perf_counter() - start, run / "bundles")
+        _run_reported(
+            lambda progress: run_bundle(run, target, config, progress=progress),
+            as_json=as_json,
+            report=report,
+            output=run / "bundles",
+        )
 
 
 # --------------------------------------------------------------------------- edge runtime and bench

@@ -19,7 +19,8 @@ _TENSOR_RAW_DATA_TAG = b"\x4a"  # TensorProto.raw_data: field 9, length-delimite
 _CHUNK = 8 << 20
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -70,12 +71,12 @@ def inline_external_data(path: Path, out: Path) -> str:
     def tensor_size(meta: bytes, data: tuple[Path, int, int] | None) -> int:
         if data is None:
             return len(meta)
-        return len(meta) + 1 + len(_varint(data[2])) + data[2]
+        return len(meta) + 1 + len(varint(data[2])) + data[2]
 
     graph_len = len(graph_rest)
     for blob, data in pieces:
         size = tensor_size(blob, data)
-        graph_len += 1 + len(_varint(size)) + size
+        graph_len += 1 + len(varint(size)) + size
     digest = hashlib.sha256()
     with open(out, "wb") as handle:
 
@@ -83,12 +84,12 @@ def inline_external_data(path: Path, out: Path) -> str:
             handle.write(blob)
             digest.update(blob)
 
-        write(model_rest + _MODEL_GRAPH_TAG + _varint(graph_len) + graph_rest)
+        write(model_rest + _MODEL_GRAPH_TAG + varint(graph_len) + graph_rest)
         for blob, data in pieces:
-            write(_GRAPH_INITIALIZER_TAG + _varint(tensor_size(blob, data)) + blob)
+            write(_GRAPH_INITIALIZER_TAG + varint(tensor_size(blob, data)) + blob)
             if data is not None:
                 data_file, offset, length = data
-                write(_TENSOR_RAW_DATA_TAG + _varint(length))
+                write(_TENSOR_RAW_DATA_TAG + varint(length))
                 _copy_range(data_file, offset, length, write)
     return digest.hexdigest()
 
@@ -103,3 +104,23 @@ def _copy_range(source: Path, offset: int, length: int, write: Any) -> None:
                 raise OSError(f"{source} ends before offset {offset + length}: the external data is truncated")
             write(chunk)
             remaining -= len(chunk)
+
+
+def model_skeleton(model: Any) -> Any:
+    """A copy of ``model`` without its initializers (the caller adds what it wants, without copying the rest)."""
+    import onnx
+
+    out = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, name, getattr(model, name))
+    out.opset_import.extend(model.opset_import)
+    out.metadata_props.extend(model.metadata_props)
+    out.functions.extend(model.functions)
+    graph, source = out.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    return out

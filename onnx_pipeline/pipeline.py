@@ -81,7 +81,7 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
         with atomic_output_dir(config.output, force=config.force) as work:
             _export_into(work, config, report, progress)
             for target in targets:
-                _timed_bundle(work, target, config, report, progress)
+                _timed_bundle(work, target, _bundle_config(config), report, progress)
             report.status = "passed"
             report.timings["total"] = round(report.seconds, 3)
             manifest = read_json(work / "manifest.json")
@@ -333,12 +333,12 @@ def _bundle_config(config: PipelineConfig) -> BundleConfig:
 
 
 def _timed_bundle(
-    run_dir: Path, target: HardwareTarget, config: PipelineConfig, report: RunReport, progress: Progress
+    run_dir: Path, target: HardwareTarget, config: BundleConfig, report: RunReport, progress: Progress
 ) -> BundleResult:
     progress(f"bundle {target.name}")
     start = time.perf_counter()
     try:
-        result = build_bundle(run_dir, target, _bundle_config(config))
+        result = build_bundle(run_dir, target, config)
     except PipelineError as exc:
         if exc.result is not None and hasattr(exc.result, "to_dict"):
             report.steps.setdefault("bundles", {})[target.name] = exc.result.to_dict()
@@ -358,16 +358,7 @@ def run_bundle(run_dir: Path, targets: list[str], config: BundleConfig, *, progr
         if not loaded:
             raise InputError("give at least one --target (onnx-pipeline targets lists them)")
         for target in loaded:
-            progress(f"bundle {target.name}")
-            start = time.perf_counter()
-            try:
-                result = build_bundle(Path(run_dir), target, config)
-            except PipelineError as exc:
-                if exc.result is not None and hasattr(exc.result, "to_dict"):
-                    report.steps.setdefault("bundles", {})[target.name] = exc.result.to_dict()
-                raise
-            report.steps.setdefault("bundles", {})[target.name] = result.to_dict()
-            report.timings[f"bundle:{target.name}"] = round(time.perf_counter() - start, 3)
+            _timed_bundle(Path(run_dir), target, config, report, progress)
         report.status = "passed"
     except PipelineError as exc:
         report.status = "failed"

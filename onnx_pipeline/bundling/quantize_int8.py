@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from onnx_pipeline.onnxfile import model_skeleton
 from onnx_pipeline.targets import QuantizationSpec
 
 log = logging.getLogger(__name__)
@@ -94,16 +95,8 @@ def weightless_copy(model: Any) -> tuple[Any, list[str], list[np.ndarray]]:
     import onnx
     from onnx import numpy_helper
 
-    copy = onnx.ModelProto()
-    copy.ir_version = model.ir_version
-    copy.opset_import.extend(model.opset_import)
-    copy.metadata_props.extend(model.metadata_props)
+    copy = model_skeleton(model)
     graph, source = copy.graph, model.graph
-    graph.name = source.name
-    graph.node.extend(source.node)
-    graph.input.extend(source.input)
-    graph.output.extend(source.output)
-    graph.value_info.extend(source.value_info)
     names: list[str] = []
     arrays: list[np.ndarray] = []
     for init in source.initializer:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.config import SimplifyConfig
+from onnx_pipeline.onnxfile import model_skeleton
 from onnx_pipeline.steps.check import ModelInfo, describe_model, load_onnx
 
 logger = logging.getLogger(__name__)
@@ -174,8 +175,8 @@ def simplify_model(src: Path, dst: Path, config: SimplifyConfig, *, sample: np.n
                 del init.external_data[:]
             kept.append(init)
     # Work on a weightless copy: the hidden weights become graph inputs of the same signature.
-    weightless = onnx.ModelProto()
-    _copy_without(model, weightless, hidden)
+    weightless = model_skeleton(model)
+    weightless.graph.initializer.extend(i for i in model.graph.initializer if i.name not in hidden)
     for name, init in hidden.items():
         weightless.graph.input.append(onnx.helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
     try:
@@ -221,27 +222,6 @@ def simplify_model(src: Path, dst: Path, config: SimplifyConfig, *, sample: np.n
         output_max_abs_diff=None if diff is None else diff[1],
         seconds=time.perf_counter() - start,
     )
-
-
-def _copy_without(model: Any, out: Any, hidden: dict[str, Any]) -> None:
-    """Copy ``model`` into ``out`` leaving the hidden initializers behind (they are not copied)."""
-    out.ir_version = model.ir_version
-    out.producer_name = model.producer_name
-    out.producer_version = model.producer_version
-    out.domain = model.domain
-    out.model_version = model.model_version
-    out.doc_string = model.doc_string
-    out.opset_import.extend(model.opset_import)
-    out.metadata_props.extend(model.metadata_props)
-    out.functions.extend(model.functions)
-    g, src = out.graph, model.graph
-    g.name = src.name
-    g.node.extend(src.node)
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    g.initializer.extend(i for i in src.initializer if i.name not in hidden)
-    g.sparse_initializer.extend(src.sparse_initializer)
 
 
 def _signature(model: Any) -> tuple[Any, ...]:

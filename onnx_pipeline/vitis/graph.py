@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.errors import BundleError
+from onnx_pipeline.onnxfile import varint as _varint
 
 log = logging.getLogger(__name__)
 
@@ -326,18 +327,6 @@ def shapes(model: Any) -> dict[str, tuple[int, ...]]:
     for init in model.graph.initializer:
         out[init.name] = tuple(init.dims)
     return out
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _field(number: int, payload_len: int) -> bytes:
