@@ -10,6 +10,8 @@ Memory stays flat; the file's sha256 is computed while writing.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +80,33 @@ def inline_external_data(path: Path, out: Path) -> str:
         size = tensor_size(blob, data)
         graph_len += 1 + len(varint(size)) + size
     digest = hashlib.sha256()
-    with open(out, "wb") as handle:
+    # sha256 runs at ~600 MB/s on one core and releases the GIL: hash in a second thread while
+    # this one copies, so a 500 MB model costs one pass, not two.
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
 
-        def write(blob: bytes) -> None:
-            handle.write(blob)
-            digest.update(blob)
+    def hash_chunks() -> None:
+        while (chunk := chunks.get()) is not None:
+            digest.update(chunk)
 
-        write(model_rest + _MODEL_GRAPH_TAG + varint(graph_len) + graph_rest)
-        for blob, data in pieces:
-            write(_GRAPH_INITIALIZER_TAG + varint(tensor_size(blob, data)) + blob)
-            if data is not None:
-                data_file, offset, length = data
-                write(_TENSOR_RAW_DATA_TAG + varint(length))
-                _copy_range(data_file, offset, length, write)
+    hasher = threading.Thread(target=hash_chunks, daemon=True)
+    hasher.start()
+    try:
+        with open(out, "wb") as handle:
+
+            def write(blob: bytes) -> None:
+                handle.write(blob)
+                chunks.put(blob)
+
+            write(model_rest + _MODEL_GRAPH_TAG + varint(graph_len) + graph_rest)
+            for blob, data in pieces:
+                write(_GRAPH_INITIALIZER_TAG + varint(tensor_size(blob, data)) + blob)
+                if data is not None:
+                    data_file, offset, length = data
+                    write(_TENSOR_RAW_DATA_TAG + varint(length))
+                    _copy_range(data_file, offset, length, write)
+    finally:
+        chunks.put(None)
+        hasher.join()
     return digest.hexdigest()
 
 
