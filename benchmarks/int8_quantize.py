@@ -35,7 +35,17 @@ def _samples(path: Path) -> None:
 
     from onnx_pipeline.runtime.preprocess import PreprocessSpec, preprocess_image
 
-    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "camera", "coins", "horse", "ihc"]
+    names = [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "camera",
+        "coins",
+        "horse",
+        "immunohistochemistry",
+    ]
     spec = PreprocessSpec()
     arrays = [preprocess_image(Image.fromarray(np.asarray(getattr(data, n)())).convert("RGB"), spec) for n in names]
     np.save(path, np.stack(arrays))

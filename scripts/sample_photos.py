@@ -12,7 +12,17 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "camera", "coins", "horse", "ihc")
+NAMES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "camera",
+    "coins",
+    "horse",
+    "immunohistochemistry",
+)
 
 
 def main() -> None:
