@@ -35,6 +35,23 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from onnx_pipeline import __version__
+
+        out.print(f"onnx-pipeline {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """PyTorch image models to verified ONNX bundles for CPU, NVIDIA GPUs and Xilinx FPGAs."""
+
+
 class _State:
     debug = False
 

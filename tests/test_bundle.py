@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from bundle_fixtures import make_run_folder, write_photos
 
-from onnx_pipeline.bundling.fidelity import output_figures
+from onnx_pipeline.bundling.fidelity import judge, output_figures
 from onnx_pipeline.bundling.triton import check_config, parse_pbtxt
 from onnx_pipeline.errors import BundleError, InputError, OutputExistsError
 from onnx_pipeline.files import sha256_file
 from onnx_pipeline.steps.bundle import BundleConfig, BundleResult, build_bundle, verify_bundle
-from onnx_pipeline.targets import load_target
+from onnx_pipeline.targets import FidelityThresholds, load_target
 
 MY_TARGETS = ("cpu-x86_64", "cpu-arm64", "cuda", "tensorrt")
 EXPECTED_FILES = {
@@ -430,11 +430,30 @@ def test_fidelity_figures() -> None:
     noisy = output_figures("out", ref, ref + 0.1 * rng.standard_normal(ref.shape).astype(np.float32))
     assert 15 < noisy.sqnr_db < 25 and noisy.min_cosine < 1.0
     flipped = output_figures("out", ref, -ref)
-    assert flipped.top1_agreement == 0.0 and flipped.min_cosine == pytest.approx(-1.0)
+    assert flipped.top1_agreement_all == 0.0 and flipped.min_cosine == pytest.approx(-1.0)
     assert flipped.sqnr_db < 0
     broken = output_figures("out", ref, np.full_like(ref, np.nan))
     assert broken.sqnr_db == float("-inf") and broken.min_cosine == -1.0
     assert broken.top1_agreement == 0.0 and broken.top5_agreement == 0.0
+
+
+def test_top1_is_judged_only_where_the_reference_decides() -> None:
+    rng = np.random.default_rng(1)
+    # Near-flat logits (random weights): noise far above every top-1 lead flips classes at random.
+    flat = 1e-3 * rng.standard_normal((8, 1000))
+    noisy = output_figures("out", flat, flat + 1e-2 * rng.standard_normal(flat.shape))
+    assert noisy.decided_samples == 0 and noisy.top1_agreement is None and noisy.top1_agreement_all < 0.5
+    thresholds = FidelityThresholds(min_cosine=-1.0, min_sqnr_db=-100.0, min_top1_agreement=1.0, min_top5_agreement=1.0)
+    assert judge("m", "int8", ["out"], [flat], [flat], thresholds, "test").passed
+    # Clear winners (trained-model-like): a flip is a real failure and is judged.
+    clear = rng.standard_normal((8, 1000))
+    clear[np.arange(8), np.arange(8)] += 20.0
+    swapped = clear.copy()
+    swapped[0, 0], swapped[0, 1] = clear[0, 1], clear[0, 0]
+    figures = output_figures("out", clear, swapped)
+    assert figures.decided_samples == 8 and figures.top1_agreement == pytest.approx(7 / 8)
+    result = judge("m", "int8", ["out"], [clear], [swapped], thresholds, "test")
+    assert not result.passed and any("top-1 agreement" in f for f in result.failures)
 
 
 # --- GPU and VGG16 ----------------------------------------------------------------------------

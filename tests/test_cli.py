@@ -32,6 +32,10 @@ def test_help_lists_commands_with_examples() -> None:
     assert result.exit_code == 0 and "export" in result.stdout and "verify" in result.stdout
     result = _invoke("export", "--help")
     assert result.exit_code == 0 and "onnx-pipeline export --model vgg16" in result.stdout
+    from onnx_pipeline import __version__
+
+    result = _invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"onnx-pipeline {__version__}"
 
 
 def test_export_then_verify_with_json(tmp_path: Path) -> None:

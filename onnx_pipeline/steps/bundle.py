@@ -153,7 +153,11 @@ def _summary(where: Path, results: list[FidelityResult], failures: tuple[str, ..
             fig = min(r.outputs, key=lambda o: o.min_cosine)
             parts.append(
                 f"{r.model} ({r.precision}): cosine {fig.min_cosine:.4f}, SQNR {fig.sqnr_db:.1f} dB, "
-                f"top-1 {fig.top1_agreement:.0%}"
+                + (
+                    f"top-1 {fig.top1_agreement:.0%} of {fig.decided_samples} decided"
+                    if fig.top1_agreement is not None
+                    else "top-1 not measurable (every reference top-1 lead is within the model's noise)"
+                )
             )
     status = "FAILED" if failures else "passed"
     return f"{status}, {where}: " + "; ".join(parts)
@@ -712,11 +716,12 @@ def _readme(target: HardwareTarget, ctx: _Context, run_manifest: dict[str, Any])
     ]
     for m in ctx.models:
         fig = m.fidelity.outputs[0] if m.fidelity.outputs else None
-        figures = (
-            f"cosine ≥ {fig.min_cosine:.5f}, SQNR {fig.sqnr_db:.1f} dB, top-1 agreement {fig.top1_agreement:.0%}"
-            if fig
-            else ""
+        top1 = (
+            "top-1 not measurable (reference leads within the model's noise)"
+            if fig is None or fig.top1_agreement is None
+            else f"top-1 agreement {fig.top1_agreement:.0%} on {fig.decided_samples} decided samples"
         )
+        figures = f"cosine ≥ {fig.min_cosine:.5f}, SQNR {fig.sqnr_db:.1f} dB, {top1}" if fig else ""
         lines.append(f"- `{m.file}` ({m.kind}, {m.precision}): {figures} vs fp32")
     if "triton" in ctx.extra:
         t = ctx.extra["triton"]
