@@ -68,8 +68,9 @@ def _errors(debug: bool) -> Iterator[None]:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s"
     )
-    if not debug:  # onnxruntime's ORT-format tool logs every file it writes at WARNING
-        logging.getLogger("ort_format_model").setLevel(logging.ERROR)
+    # onnxruntime's tools set their loggers to DEBUG when imported: filter at the handler instead.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
         yield
     except PipelineError as exc:

@@ -83,7 +83,7 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
         with atomic_output_dir(config.output, force=config.force) as work:
             _export_into(work, config, report, progress)
             for target in targets:
-                _timed_bundle(work, target, _bundle_config(config), report, progress)
+                _timed_bundle(work, target, _bundle_config(config), report, progress, final_dir=config.output)
             report.status = "passed"
             report.timings["total"] = round(report.seconds, 3)
             manifest = read_json(work / "manifest.json")
@@ -369,7 +369,13 @@ def _bundle_config(config: PipelineConfig) -> BundleConfig:
 
 
 def _timed_bundle(
-    run_dir: Path, target: HardwareTarget, config: BundleConfig, report: RunReport, progress: Progress
+    run_dir: Path,
+    target: HardwareTarget,
+    config: BundleConfig,
+    report: RunReport,
+    progress: Progress,
+    *,
+    final_dir: Path | None = None,
 ) -> BundleResult:
     progress(f"bundle {target.name}")
     start = time.perf_counter()
@@ -379,7 +385,11 @@ def _timed_bundle(
         if exc.result is not None and hasattr(exc.result, "to_dict"):
             report.steps.setdefault("bundles", {})[target.name] = exc.result.to_dict()
         raise
-    report.steps.setdefault("bundles", {})[target.name] = result.to_dict()
+    summary = result.to_dict()
+    if final_dir is not None:  # built inside the run's temporary folder: report where it will be
+        for key in ("bundle_dir", "summary"):
+            summary[key] = summary[key].replace(str(run_dir), str(final_dir))
+    report.steps.setdefault("bundles", {})[target.name] = summary
     report.timings[f"bundle:{target.name}"] = round(time.perf_counter() - start, 3)
     return result
 
