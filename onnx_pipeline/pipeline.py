@@ -14,7 +14,7 @@ from typing import Any
 from onnx_pipeline.config import PROTOBUF_LIMIT_BYTES, ModelConfig, PipelineConfig, VerifyConfig
 from onnx_pipeline.errors import InputError, PipelineError, StepError, VerificationError
 from onnx_pipeline.files import atomic_output_dir, hash_tree, read_json, sha256_file, write_json
-from onnx_pipeline.onnxfile import inline_external_data
+from onnx_pipeline.onnxfile import describe_model, inline_external_data, load_onnx
 from onnx_pipeline.report import SCHEMA, RunReport, tool_versions
 from onnx_pipeline.runtime.preprocess import PreprocessSpec
 from onnx_pipeline.sources import load_model, resolve_spec
@@ -26,7 +26,7 @@ from onnx_pipeline.steps.bundle import (
     build_bundle,
     verify_bundle,
 )
-from onnx_pipeline.steps.check import check_model, describe_model, load_onnx
+from onnx_pipeline.steps.check import check_model
 from onnx_pipeline.steps.export import ExportResult, export_model
 from onnx_pipeline.steps.simplify import simplify_model
 from onnx_pipeline.steps.verify import SampleSet, compute_reference, make_verification_inputs, verify_parity

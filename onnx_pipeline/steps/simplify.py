@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.config import SimplifyConfig
-from onnx_pipeline.onnxfile import model_skeleton
-from onnx_pipeline.steps.check import ModelInfo, describe_model, load_onnx
+from onnx_pipeline.onnxfile import ModelInfo, describe_model, load_onnx, model_skeleton
 
 logger = logging.getLogger(__name__)
 
