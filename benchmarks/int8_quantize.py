@@ -30,25 +30,13 @@ SAMPLES = 8
 
 def _samples(path: Path) -> None:
     import numpy as np
-    from PIL import Image
-    from skimage import data
 
-    from onnx_pipeline.runtime.preprocess import PreprocessSpec, preprocess_image
+    from onnx_pipeline.runtime.preprocess import PreprocessSpec, list_images, load_batch
 
-    names = [
-        "astronaut",
-        "chelsea",
-        "coffee",
-        "rocket",
-        "hubble_deep_field",
-        "camera",
-        "coins",
-        "horse",
-        "immunohistochemistry",
-    ]
-    spec = PreprocessSpec()
-    arrays = [preprocess_image(Image.fromarray(np.asarray(getattr(data, n)())).convert("RGB"), spec) for n in names]
-    np.save(path, np.stack(arrays))
+    folder = path.with_suffix("")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "sample_photos.py"
+    subprocess.run([sys.executable, str(script), str(folder)], check=True, capture_output=True)
+    np.save(path, load_batch(list_images(folder), PreprocessSpec()))
 
 
 def _export(path: Path) -> None:

@@ -184,3 +184,21 @@ def test_imagenet_weights_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest
         assert torch.equal(loaded.module.features[0].weight, model.features[0].weight)
     finally:
         torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+
+
+def test_json_stdout_is_clean_with_the_isolated_pytorch_process(tmp_path: Path) -> None:
+    """The real console script, default --isolate: the spawned PyTorch process must not pollute stdout."""
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).with_name("onnx-pipeline")
+    proc = subprocess.run(
+        [str(cli), "export", "-m", "tiny-vgg", "-w", "random", "-o", str(tmp_path / "run"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["status"] == "passed" and report["config"]["isolate_torch"] is True
+    assert "Traceback" not in proc.stderr

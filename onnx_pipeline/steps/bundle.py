@@ -694,7 +694,8 @@ def _bundle_manifest(
         "vitis": ctx.extra.get("vitis"),
         "run": {
             "model_file": model_path.name,
-            "model_sha256": sha256_file(model_path),
+            # the run manifest already holds it (verified by _load_run when it checks the run folder)
+            "model_sha256": (run_manifest.get("files") or {}).get(model_path.name) or sha256_file(model_path),
             "source": run_manifest.get("source"),
             "opset": run_manifest.get("opset"),
         },
