@@ -17,8 +17,10 @@ cache), ``random`` (seeded; rescaled on sample inputs unless disabled, see
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import logging
 import sys
 import zipfile
@@ -292,7 +294,10 @@ def _load_imagenet(module: Any, spec: ModelSpec) -> tuple[str | None, str]:
     file_name = weights.url.rsplit("/", 1)[-1]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
+        # torch.hub writes "Downloading: URL" to stdout even with progress=False, which would
+        # break --json: keep it (and any stderr noise) out of the CLI's streams.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            state = weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # urllib/socket errors: offline, proxy, ...
         raise ModelSourceError(
             f"cannot get torchvision's ImageNet weights for {spec.name} ({type(exc).__name__}): offline? "

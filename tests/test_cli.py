@@ -202,3 +202,26 @@ def test_json_stdout_is_clean_with_the_isolated_pytorch_process(tmp_path: Path) 
     report = json.loads(proc.stdout)
     assert report["status"] == "passed" and report["config"]["isolate_torch"] is True
     assert "Traceback" not in proc.stderr
+
+
+def test_failed_download_keeps_json_stdout_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub prints 'Downloading: ...' on stdout before it fails: --json must still be pure JSON."""
+    import urllib.error
+
+    import torch.hub
+
+    torch.hub.set_dir(str(tmp_path / "hub"))
+
+    def unreachable(*_a: object, **_k: object) -> None:
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    try:
+        result = _invoke("export", "-m", "squeezenet1_1", "-w", "imagenet", "-o", str(tmp_path / "o"), "--json",
+                         "--no-isolate")  # fmt: skip
+    finally:
+        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["status"] == "failed" and "offline" in report["error"]
+    assert not (tmp_path / "o").exists()
