@@ -59,6 +59,8 @@ class ModelSpec:
     location: str = ""
     #: model-specific defaults for the config layers, e.g. {"tolerances": {"atol": 1e-3}}
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+    #: class names a factory declares (``factory.labels``)
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -196,6 +198,7 @@ def _factory_spec(text: str) -> ModelSpec:
 
     factory = load_callable()
     shape = getattr(factory, "input_shape", None)
+    declared_labels = getattr(factory, "labels", None)
     prep = getattr(factory, "preprocessing", None)
     preprocessing = PreprocessSpec.from_dict(prep) if isinstance(prep, dict) else None
 
@@ -214,6 +217,7 @@ def _factory_spec(text: str) -> ModelSpec:
         build=build,
         location=text,
         defaults={"model": {"weights": "random"}},
+        labels=tuple(str(v) for v in declared_labels) if isinstance(declared_labels, list | tuple) else None,
     )
 
 
@@ -504,5 +508,7 @@ def _labels_for(spec: ModelSpec, module: Any) -> list[str] | None:
         return list(categories) if categories else None
     if spec.name == "tiny-vgg":
         return list(TINY_VGG_LABELS)
+    if spec.labels:
+        return list(spec.labels)
     labels = getattr(module, "labels", None) or getattr(module, "class_names", None)
     return [str(v) for v in labels] if isinstance(labels, list | tuple) else None

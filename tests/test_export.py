@@ -113,3 +113,23 @@ def test_torchscript_archive_as_model(tmp_path: Path) -> None:
     report = run_export(tiny_config(out, model={"model": str(archive), "weights": None, "input_shape": (1, 3, 64, 64)}))
     assert report.steps["export"]["used"].startswith("torchscript")
     assert report.steps["load"]["source"]["weights"] == "embedded"
+
+
+def test_factory_metadata_travels_into_the_run_folder(tmp_path: Path) -> None:
+    factory = tmp_path / "mine.py"
+    factory.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),\n"
+        "                               torch.nn.Linear(4, 3))\n"
+        "build.input_shape = (1, 3, 32, 32)\n"
+        "build.labels = ['cat', 'dog', 'bird']\n"
+        "build.preprocessing = {'resize': 36, 'crop': 32}\n"
+    )
+    out = tmp_path / "run"
+    run_export(tiny_config(out, model={"model": f"{factory}:build", "weights": "random"}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels"] == ["cat", "dog", "bird"]
+    assert manifest["preprocessing"]["crop"] == [32, 32] and manifest["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    assert manifest["task"] == "classification" and manifest["source"]["kind"] == "factory"
