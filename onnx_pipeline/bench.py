@@ -224,6 +224,11 @@ def _row(backend: str, entry_label: str, precision: str, batch: int, seconds: np
 
 
 # --------------------------------------------------------------------------- floor
+def _best_of(fn: Callable[[], Any], repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls, after one untimed call."""
+    return float(time_runs(fn, warmup=1, min_runs=repeats, min_seconds=0.0, max_runs=repeats).min())
+
+
 def measure_gemm_rate(size: int = 2048, repeats: int = 3) -> GemmRate:
     """Best-of-``repeats`` GFLOP/s of a ``size``³ float32 numpy matmul (after one untimed run).
 
@@ -234,12 +239,7 @@ def measure_gemm_rate(size: int = 2048, repeats: int = 3) -> GemmRate:
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     out = np.empty((size, size), dtype=np.float32)
-    np.matmul(a, b, out=out)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
+    best = _best_of(lambda: np.matmul(a, b, out=out), repeats)
     gflops = 2.0 * size**3 / best / 1e9
     return GemmRate(size, repeats, best, gflops, _blas_info(), {k: os.environ[k] for k in _ENV_VARS if k in os.environ})
 
@@ -273,12 +273,7 @@ def measure_gemv_bandwidth(mbytes: int | None = None, repeats: int = 3) -> Memor
     matrix = np.ones((rows, cols), dtype=np.float32)
     vector = np.ones((1, rows), dtype=np.float32)
     out = np.empty((1, cols), dtype=np.float32)
-    np.matmul(vector, matrix, out=out)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.matmul(vector, matrix, out=out)
-        best = min(best, time.perf_counter() - t0)
+    best = _best_of(lambda: np.matmul(vector, matrix, out=out), repeats)
     return MemoryRate(matrix.nbytes / 2**20, best, matrix.nbytes / best / 1e9, llc)
 
 

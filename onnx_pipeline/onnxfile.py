@@ -44,6 +44,12 @@ def _external_info(tensor: Any) -> tuple[str, int, int | None]:
     return entries["location"], int(entries.get("offset", 0)), int(length) if length is not None else None
 
 
+def external_data_files(path: Path) -> set[str]:
+    """The external data files (relative locations) that ``path``'s tensors refer to."""
+    model = load_onnx(path, load_external_data=False)
+    return {_external_info(t)[0] for t in model.graph.initializer if t.external_data}
+
+
 def inline_external_data(path: Path, out: Path) -> str:
     """Write ``path`` (a model whose weights are external) to ``out`` with every weight inline.
 

@@ -14,7 +14,7 @@ from typing import Any
 from onnx_pipeline.config import PROTOBUF_LIMIT_BYTES, ModelConfig, PipelineConfig, VerifyConfig
 from onnx_pipeline.errors import InputError, PipelineError, StepError, VerificationError
 from onnx_pipeline.files import atomic_output_dir, hash_tree, read_json, sha256_file, write_json
-from onnx_pipeline.onnxfile import describe_model, inline_external_data, load_onnx
+from onnx_pipeline.onnxfile import describe_model, external_data_files, inline_external_data, load_onnx
 from onnx_pipeline.report import SCHEMA, RunReport, tool_versions
 from onnx_pipeline.runtime.preprocess import PreprocessSpec
 from onnx_pipeline.sources import load_model, resolve_spec
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 RAW_FILE = "model.exported.onnx"
-#: above this, weights go to external data while the pipeline works (memory), see _finalize
+#: above this, weights go to external data while the pipeline works (memory), see _export_into
 _WORK_EXTERNAL_BYTES = 64 << 20
 
 Progress = Callable[[str], None]
@@ -214,7 +214,7 @@ def _export_into(work: Path, config: PipelineConfig, report: RunReport, progress
     # and tensor bytes (tests/test_onnxfile.py holds the round trip), so it runs in a thread while
     # onnxruntime verifies; the file replaces the working one once both are done.
     model_path = work / MODEL_FILE
-    locations = _external_locations(model_path)
+    locations = external_data_files(model_path)
     inline = None
     with ThreadPoolExecutor(max_workers=1) as pool:
         if locations and not keep_external:
@@ -244,7 +244,9 @@ def _export_into(work: Path, config: PipelineConfig, report: RunReport, progress
             model_path.with_name(MODEL_FILE + ".inline").replace(model_path)
             known_hashes = {MODEL_FILE: digest}
         else:
-            known_hashes = _finalize(model_path, keep_external=keep_external)
+            if keep_external:
+                _gather_external_data(model_path, locations)
+            known_hashes = {}
     report.timings["finalize"] = round(time.perf_counter() - start, 3)
     info = describe_model(work / MODEL_FILE)
     manifest = {
@@ -293,51 +295,28 @@ def _external_name(path: Path) -> str | None:
     return data.name if data.exists() else None
 
 
-def _finalize(path: Path, *, keep_external: bool) -> dict[str, str]:
-    """Give the model file its final form: one file, or weights in ``model.onnx.data`` beside it.
-
-    While working, big weights live in an external file so that no step copies them. Returns
-    the sha256 of files it wrote, computed while writing.
-    """
+def _gather_external_data(path: Path, locations: set[str]) -> None:
+    """Put every external tensor of ``path`` in one file named after it (``model.onnx.data``), relative paths."""
     import onnx
 
-    model = load_onnx(path, load_external_data=False)
-    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     target = path.name + ".data"
-    if not locations:
-        if not keep_external:
-            return {}
-        model = onnx.load(str(path))
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=target)
-        return {}
-    if keep_external:
-        if locations != {target}:
-            if len(locations) != 1:  # several data files: let onnx gather them into one
-                model = onnx.load(str(path))
-                for location in locations:
-                    (path.parent / location).unlink()
-                onnx.save_model(
-                    model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=target
-                )
-                return {}
-            (path.parent / locations.pop()).replace(path.parent / target)
-            for tensor in model.graph.initializer:
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = target
-            onnx.save_model(model, str(path))
-        return {}
-    tmp = path.with_name(path.name + ".inline")
-    digest = inline_external_data(path, tmp)
+    if locations == {target}:
+        return
+    if len(locations) == 1:  # one data file under another name: rename it, rewrite the references
+        model = load_onnx(path, load_external_data=False)
+        (path.parent / locations.pop()).replace(path.parent / target)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = target
+        onnx.save_model(model, str(path))
+        return
+    # inline weights (a small model asked for --external-data) or several data files: let onnx
+    # gather them; onnx appends to an existing data file, so remove the old ones first
+    model = onnx.load(str(path))
     for location in locations:
-        (path.parent / location).unlink(missing_ok=True)
-    tmp.replace(path)
-    return {path.name: digest}
-
-
-def _external_locations(path: Path) -> set[str]:
-    model = load_onnx(path, load_external_data=False)
-    return {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+        (path.parent / location).unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=target)
 
 
 # --------------------------------------------------------------------------- bundles

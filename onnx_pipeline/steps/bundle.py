@@ -96,6 +96,16 @@ class BundleModel:
     fidelity: FidelityResult
     optimization_level: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as the bundle manifest and the run report list it."""
+        return {
+            "file": self.file,
+            "kind": self.kind,
+            "precision": self.precision,
+            "optimization_level": self.optimization_level,
+            "fidelity": self.fidelity.to_dict(),
+        }
+
 
 @dataclass(frozen=True)
 class BundleResult:
@@ -127,16 +137,7 @@ class BundleResult:
             "bundle_dir": str(self.bundle_dir),
             "passed": self.passed,
             "summary": self.summary,
-            "models": [
-                {
-                    "file": m.file,
-                    "kind": m.kind,
-                    "precision": m.precision,
-                    "optimization_level": m.optimization_level,
-                    "fidelity": m.fidelity.to_dict(),
-                }
-                for m in self.models
-            ],
+            "models": [m.to_dict() for m in self.models],
             "files": dict(self.files),
             "calibration": self.calibration,
             "heldout": self.heldout,
@@ -660,16 +661,7 @@ def _bundle_manifest(
             "opset": {"min": target.opset.min, "max": target.opset.max},
             "offline_optimization": target.session.offline_optimization,
         },
-        "models": [
-            {
-                "file": m.file,
-                "kind": m.kind,
-                "precision": m.precision,
-                "optimization_level": m.optimization_level,
-                "fidelity": m.fidelity.to_dict(),
-            }
-            for m in ctx.models
-        ],
+        "models": [m.to_dict() for m in ctx.models],
         "default_model": default,
         "inputs": io(run_manifest.get("inputs") or []),
         "outputs": io(run_manifest.get("outputs") or []),
