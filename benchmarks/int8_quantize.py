@@ -6,7 +6,7 @@ profile's settings (static QDQ, per-channel int8 weights, uint8 activations, red
 runs in its own process; wall time covers load → quantized model written.
 
 - stock: ``quant_pre_process`` then ``quantize_static`` (MinMax, one run per sample);
-- onnx-pipeline: ``bundling.quantize_int8.quantize_qdq`` (batched min/max calibration on a
+- onnx-pipeline: ``artifacts.int8_qdq.quantize_qdq`` (batched min/max calibration on a
   weightless copy, ranges handed to onnxruntime's QDQ quantizer).
 
 The two quantized models are then run on the same held-out photograph and compared.
@@ -31,7 +31,8 @@ SAMPLES = 8
 def _samples(path: Path) -> None:
     import numpy as np
 
-    from onnx_pipeline.runtime.preprocess import PreprocessSpec, list_images, load_batch
+    from onnx_pipeline.imagespec import PreprocessSpec
+    from onnx_pipeline.runtime.preprocess import list_images, load_batch
 
     folder = path.with_suffix("")
     script = Path(__file__).resolve().parent.parent / "scripts" / "sample_photos.py"
@@ -75,8 +76,9 @@ def _stock(model: Path, samples: Path, out: Path) -> None:
 def _ours(model: Path, samples: Path, out: Path) -> None:
     import numpy as np
     import onnx
+    from onnx_pipeline.artifacts.int8_qdq import quantize_qdq
+    from onnx_pipeline.onnxfile import infer_shapes
 
-    from onnx_pipeline.bundling.quantize_int8 import infer_shapes, quantize_qdq
     from onnx_pipeline.targets import load_target
 
     spec = load_target("cpu-x86_64").quantization

@@ -1,4 +1,4 @@
-"""The Python API: the CLI's commands as functions, with the same names and options.
+"""The Python API, and the one front door: the CLI calls these functions with the options it parsed.
 
     from onnx_pipeline import api
     report = api.export("vgg16", weights="random", output="runs/vgg16")
@@ -7,29 +7,42 @@
     api.predict("runs/vgg16/bundles/cpu-x86_64", ["cat.jpg"])
     api.bench("runs/vgg16/bundles/cpu-x86_64", batch_sizes=[1])
 
-Each function builds the same typed config the CLI builds and returns the typed result; a
-problem a user can fix raises a ``PipelineError`` (``.exit_code``, ``.result``).
+Each function builds the typed config of its command once and returns the typed result; a
+problem a user can fix raises a ``PipelineError`` (``.exit_code``, ``.result``). ``progress`` is
+called with the name of each step as it starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnx_pipeline.config import ModelConfig, Tolerances, VerifyConfig, resolve_pipeline_config
-from onnx_pipeline.pipeline import VerifyRequest, run_export, run_verify
+from onnx_pipeline.config import (
+    BundleConfig,
+    ModelConfig,
+    Tolerances,
+    VerifyConfig,
+    config_file_model,
+    resolve_pipeline_config,
+    targets_layer,
+)
 from onnx_pipeline.report import RunReport
-from onnx_pipeline.sources import model_defaults
 
 if TYPE_CHECKING:
     from onnx_pipeline.bench import BenchResult
-    from onnx_pipeline.runtime import Prediction
+    from onnx_pipeline.runtime import Bundle, Prediction
     from onnx_pipeline.targets import HardwareTarget
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def export(
-    model: str = "vgg16",
+    model: str | None = None,
     *,
     output: str | Path,
     weights: str | None = None,
@@ -53,8 +66,18 @@ def export(
     force: bool = False,
     isolate: bool = False,
     rescale_random: bool = True,
+    progress: Progress = _quiet,
 ) -> RunReport:
-    """Export, check, simplify and verify ``model`` into the run folder ``output`` (``onnx-pipeline export``)."""
+    """Export, check, simplify and verify ``model`` into the run folder ``output`` (``onnx-pipeline export``).
+
+    ``model`` defaults to the config file's ``[model] model``, else vgg16.
+    """
+    from onnx_pipeline.artifacts import rewrites_opset
+    from onnx_pipeline.pipeline import load_targets, run_export
+    from onnx_pipeline.sources import model_defaults
+
+    config_path = Path(config) if config else None
+    name = model or config_file_model(config_path) or "vgg16"
     cli: dict[str, dict[str, Any]] = {
         "": {
             "output": Path(output),
@@ -81,15 +104,11 @@ def export(
         "verify": {"images": Path(images) if images else None, "batch_size": batch_size, "seed": seed},
         "tolerances": {"atol": atol, "rtol": rtol, "min_cosine": min_cosine},
     }
-    from onnx_pipeline.pipeline import targets_layer
-
+    constraining = [t for t in load_targets(list(targets)) if not rewrites_opset(t)]
     resolved = resolve_pipeline_config(
-        cli=cli,
-        config_file=Path(config) if config else None,
-        target=targets_layer(list(targets)),
-        model_defaults=model_defaults(model),
+        cli=cli, config_file=config_path, target=targets_layer(constraining), model_defaults=model_defaults(name)
     )
-    return run_export(resolved)
+    return run_export(resolved, progress=progress)
 
 
 def verify(
@@ -97,50 +116,68 @@ def verify(
     *,
     model: str | None = None,
     weights: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     input_shape: Sequence[int] | None = None,
     images: str | Path | None = None,
-    batch_size: int = 3,
+    batch_size: int | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     min_cosine: float | None = None,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[str] | None = None,
     isolate: bool = False,
     rescale_random: bool = True,
+    trust_source: bool = False,
+    progress: Progress = _quiet,
 ) -> RunReport:
-    """Verify a run folder, or an ONNX file against ``model`` (``onnx-pipeline verify``)."""
+    """Verify a bundle, a run folder, or an ONNX file against ``model`` (``onnx-pipeline verify``).
+
+    A run folder's own model is rebuilt only if that runs no code from the folder, unless
+    ``trust_source``; otherwise name the model with ``model``/``weights``.
+    """
+    from onnx_pipeline.errors import InputError
+    from onnx_pipeline.pipeline import VerifyRequest, run_verify
+    from onnx_pipeline.sources import model_defaults
+
     tolerances = Tolerances(
         **{k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine}.items() if v is not None}
     )
+    options: dict[str, Any] = {"tolerances": tolerances, "images": Path(images) if images else None}
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if seed is not None:
+        options["seed"] = seed
+    if providers:
+        options["providers"] = tuple(providers)
     model_config = None
     if model is not None:
         model_config = ModelConfig(
             model=model,
             weights=weights or model_defaults(model)["model"]["weights"],
-            seed=seed,
+            seed=seed or 0,
             input_shape=tuple(input_shape) if input_shape else None,
             rescale_random=rescale_random,
         )
+    elif weights is not None or input_shape is not None:
+        raise InputError("--weights and --input-shape go with --model")
     request = VerifyRequest(
         path=Path(path),
         model=model_config,
-        verify=VerifyConfig(
-            tolerances=tolerances,
-            batch_size=batch_size,
-            images=Path(images) if images else None,
-            seed=seed,
-            providers=tuple(providers),
-        ),
+        verify=VerifyConfig(**options),
         isolate_torch=isolate,
+        trust_source=trust_source,
     )
-    return run_verify(request)
+    return run_verify(request, progress=progress)
 
 
 def targets() -> list[HardwareTarget]:
-    """The hardware targets in ``hardware/`` (``onnx-pipeline targets``)."""
+    """The hardware targets in ``hardware/``, each checked against the artifact builders (``onnx-pipeline targets``)."""
+    from onnx_pipeline.artifacts import builders_for
     from onnx_pipeline.targets import list_targets
 
-    return list_targets()
+    found = list_targets()
+    for target in found:
+        builders_for(target)
+    return found
 
 
 def bundle(
@@ -151,10 +188,10 @@ def bundle(
     heldout_images: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
+    progress: Progress = _quiet,
 ) -> RunReport:
     """Build ``run/bundles/<target>/`` for each target (``onnx-pipeline bundle``)."""
     from onnx_pipeline.pipeline import run_bundle
-    from onnx_pipeline.steps.bundle import BundleConfig
 
     config = BundleConfig(
         calibration_images=Path(calibration_images) if calibration_images else None,
@@ -162,26 +199,64 @@ def bundle(
         seed=seed,
         force=force,
     )
-    return run_bundle(Path(run), list(targets), config)
+    return run_bundle(Path(run), list(targets), config, progress=progress)
+
+
+def load_bundle(bundle: str | Path, *, model: str | None = None, providers: Sequence[str] | None = None) -> Bundle:
+    """Load a bundle or run folder for inference (its manifest checked, its files hashed)."""
+    from onnx_pipeline.runtime import Bundle
+
+    return Bundle.load(bundle, providers=list(providers) if providers else None, model=model)
 
 
 def predict(
-    bundle: str | Path, images: Sequence[str | Path], *, top_k: int = 5, model: str | None = None
+    bundle: str | Path,
+    images: Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    model: str | None = None,
+    providers: Sequence[str] | None = None,
 ) -> list[Prediction]:
     """Classify image files with a bundle (``onnx-pipeline predict``); onnxruntime, numpy and Pillow only."""
-    from onnx_pipeline.runtime import Bundle
+    from onnx_pipeline.errors import InputError
 
-    loaded = Bundle.load(bundle, model=model)
+    if top_k < 1:
+        raise InputError("--top-k must be at least 1")
+    loaded = load_bundle(bundle, model=model, providers=providers)
     return [loaded.predict(image, top_k=top_k) for image in images]
 
 
 def bench(
-    bundle: str | Path, *, batch_sizes: Sequence[int] = (1, 8), seconds: float = 3.0, eager: bool = True
+    bundle: str | Path,
+    *,
+    batch_sizes: Sequence[int] = (1, 8),
+    seconds: float = 3.0,
+    threads: int = 0,
+    eager: bool = True,
+    eager_model: str | None = None,
+    trust_source: bool = False,
+    progress: Progress = _quiet,
 ) -> BenchResult:
-    """Latency and throughput of a bundle's models beside PyTorch eager and the GEMM floor (``onnx-pipeline bench``)."""
-    from onnx_pipeline.bench import BenchConfig, benchmark_bundle
-    from onnx_pipeline.pipeline import eager_model_builder
+    """Latency and throughput of a bundle's models beside PyTorch eager and the GEMM floor (``onnx-pipeline bench``).
 
-    builder = eager_model_builder(Path(bundle)) if eager else None
-    config = BenchConfig(batch_sizes=tuple(batch_sizes), min_seconds=seconds, torch_model=builder, eager=eager)
-    return benchmark_bundle(bundle, config)
+    The eager baseline rebuilds the folder's model only when that runs no code from the folder; give
+    ``eager_model`` (a model name or factory of your choosing) or ``trust_source`` otherwise.
+    """
+    from onnx_pipeline.bench import BenchConfig, benchmark_bundle
+    from onnx_pipeline.errors import InputError
+    from onnx_pipeline.manifest import read_manifest
+    from onnx_pipeline.sources import eager_model_builder
+
+    config = BenchConfig(batch_sizes=tuple(batch_sizes), min_seconds=seconds, threads=threads, eager=eager)
+    builder = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    if eager:
+        manifest = read_manifest(Path(bundle), check=False)
+        try:
+            builder = eager_model_builder(manifest, model=eager_model, trust=trust_source)
+        except InputError as exc:
+            skipped = (("torch-eager", exc.message),)
+    progress("bench")
+    from dataclasses import replace
+
+    return benchmark_bundle(bundle, replace(config, torch_model=builder, skipped=skipped))

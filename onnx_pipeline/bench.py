@@ -13,6 +13,7 @@ torch is imported only inside ``_bench_eager``; onnx only inside ``count_flops``
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import time
@@ -24,18 +25,15 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.errors import BundleError, InputError
-from onnx_pipeline.runtime.bundle import (
-    MANIFEST,
-    Bundle,
-    ModelEntry,
-    manifest_files,
-    model_entries,
-    read_manifest,
-    verify_files,
-)
+from onnx_pipeline.files import to_jsonable
+from onnx_pipeline.manifest import MANIFEST, BundleManifest, ModelRecord, RunManifest, read_manifest
+from onnx_pipeline.runtime.bundle import Bundle, model_entries
 from onnx_pipeline.runtime.session import SessionSettings
 
 logger = logging.getLogger(__name__)
+
+#: the largest batch size bench takes (memory is checked against the model's sizes too, see _check_memory)
+MAX_BATCH = 4096
 
 _ENV_VARS = (
     "OMP_NUM_THREADS",
@@ -77,10 +75,18 @@ class BenchConfig:
     gemv_mbytes: int | None = None
     seed: int = 0
     verify: bool = True
+    #: what was already known not to be measurable, as (what, why) pairs (e.g. the eager baseline refused)
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+        if not self.batch_sizes or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes
+        ):
             raise InputError(f"batch sizes must be positive integers, not {list(self.batch_sizes)}")
+        if any(b > MAX_BATCH for b in self.batch_sizes):
+            raise InputError(f"batch sizes above {MAX_BATCH} are refused, got {max(self.batch_sizes)}")
+        if not all(math.isfinite(v) for v in (self.min_seconds, float(self.threads))) or self.min_seconds > 3600:
+            raise InputError(f"--seconds must be a finite number of seconds up to 3600, got {self.min_seconds}")
         if self.min_runs < 1 or self.max_runs < self.min_runs:
             raise InputError(f"need 1 <= min_runs <= max_runs, not {self.min_runs} and {self.max_runs}")
         if self.warmup_runs < 0 or self.min_seconds < 0 or self.threads < 0:
@@ -315,7 +321,7 @@ def count_flops(model_path: Path) -> FlopCount:
             dims[0].Clear()
             dims[0].dim_value = 1
     # onnxruntime's quantizer appends Q/DQ nodes out of order; shape inference needs topological order.
-    ordered = _topological(list(graph.node))
+    ordered = _ordered(list(graph.node))
     del graph.node[:]
     graph.node.extend(ordered)
     # Shapes recorded with a symbolic batch (e.g. by quant_pre_process) would win over inferred ones: drop them.
@@ -377,27 +383,14 @@ def count_flops(model_path: Path) -> FlopCount:
     )
 
 
-def _topological(nodes: list[Any]) -> list[Any]:
-    """Nodes in an order where each comes after the producers of its inputs (stable otherwise)."""
-    producer = {out: index for index, node in enumerate(nodes) for out in node.output if out}
-    done: set[int] = set()
-    ordered: list[Any] = []
-    for start in range(len(nodes)):
-        stack = [(start, False)]
-        while stack:
-            index, expanded = stack.pop()
-            if index in done:
-                continue
-            if expanded:
-                done.add(index)
-                ordered.append(nodes[index])
-                continue
-            stack.append((index, True))
-            for name in reversed(nodes[index].input):
-                parent = producer.get(name)
-                if parent is not None and parent not in done and parent != index:
-                    stack.append((parent, False))
-    return ordered
+def _ordered(nodes: list[Any]) -> list[Any]:
+    """Nodes with producers first (the stored order where the graph has a cycle)."""
+    from onnx_pipeline.onnxfile import topological_order
+
+    try:
+        return topological_order(nodes, set())
+    except ValueError:
+        return nodes
 
 
 _COUNTED_OPS = ("Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul")
@@ -456,15 +449,13 @@ def benchmark_bundle(bundle_dir: Path | str, config: BenchConfig | None = None) 
     root = Path(bundle_dir)
     if root.is_file() and root.name == MANIFEST:
         root = root.parent
-    manifest = read_manifest(root)
-    skipped: list[tuple[str, str]] = []
+    manifest = read_manifest(root, check=config.verify)
+    skipped: list[tuple[str, str]] = list(config.skipped)
 
     all_entries = model_entries(manifest)
     entries = [e for e in all_entries if _selected(e, config.models)]
     if not entries:
         raise InputError(f"no model of {root} matches {list(config.models or ())}: choose from {_names(all_entries)}")
-    if config.verify:
-        verify_files(root, manifest_files(root, manifest))
     settings = _settings(config, manifest)
 
     rng = np.random.default_rng(config.seed)
@@ -508,8 +499,8 @@ def benchmark_bundle(bundle_dir: Path | str, config: BenchConfig | None = None) 
 
     gemm = measure_gemm_rate(config.gemm_size, config.gemm_repeats)
     memory = measure_gemv_bandwidth(config.gemv_mbytes)
-    flops = _count_bundle_flops(root, entries, all_entries, skipped)
-    per_model = _count_per_model(root, entries, flops)
+    flops = _count_bundle_flops(manifest, all_entries, skipped)
+    per_model = _count_per_model(manifest, entries, flops)
     rows = _compare(rows, flops, per_model, gemm, memory)
     threads = settings.intra_op_num_threads
     return BenchResult(
@@ -518,28 +509,29 @@ def benchmark_bundle(bundle_dir: Path | str, config: BenchConfig | None = None) 
         gemm=gemm,
         flops=flops,
         threads=threads,
-        session=settings.to_dict(),
+        session=to_jsonable(settings),
         skipped=tuple(skipped),
         environment=_environment(),
         memory=memory,
     )
 
 
-def _settings(config: BenchConfig, manifest: dict[str, Any]) -> SessionSettings:
-    settings = config.session or SessionSettings.from_dict(manifest.get("session_options") or manifest.get("session"))
+def _settings(config: BenchConfig, manifest: RunManifest | BundleManifest) -> SessionSettings:
+    recorded = manifest.session_options if isinstance(manifest, BundleManifest) else None
+    settings = config.session or SessionSettings.from_dict(recorded)
     if config.threads:
         settings = replace(settings, intra_op_num_threads=config.threads)
     return settings
 
 
-def _selected(entry: ModelEntry, wanted: tuple[str, ...] | None) -> bool:
+def _selected(entry: ModelRecord, wanted: tuple[str, ...] | None) -> bool:
     if wanted is None:
         return True
-    names = {entry.precision, entry.file, Path(entry.file).name, entry.label, entry.format, entry.info.get("kind")}
+    names = {entry.precision, entry.file, Path(entry.file).name, entry.label, entry.format, entry.kind}
     return bool(names & set(wanted))
 
 
-def _names(entries: Sequence[ModelEntry]) -> list[str]:
+def _names(entries: Sequence[ModelRecord]) -> list[str]:
     return sorted({e.precision for e in entries} | {e.file for e in entries})
 
 
@@ -589,13 +581,11 @@ def _bench_eager(torch_model: Any, data: np.ndarray, config: BenchConfig) -> np.
 
 
 def _count_bundle_flops(
-    root: Path, entries: Sequence[ModelEntry], all_entries: Sequence[ModelEntry], skipped: list[tuple[str, str]]
+    manifest: RunManifest | BundleManifest, all_entries: Sequence[ModelRecord], skipped: list[tuple[str, str]]
 ) -> FlopCount | None:
-    """FLOPs from the first model counted completely: a plain fp32 ONNX model first, then the run folder's."""
-    candidates = [root / e.file for e in sorted(all_entries, key=lambda e: e.precision != "fp32") if e.format == "onnx"]
-    run_model = root.parent.parent / "model.onnx"  # DIR/bundles/NAME → DIR/model.onnx
-    if run_model.is_file():
-        candidates.append(run_model)
+    """FLOPs from the first model of the folder counted completely, a plain fp32 ONNX model first."""
+    ordered = sorted(all_entries, key=lambda e: e.precision != "fp32")
+    candidates = [manifest.path(e.file) for e in ordered if e.format == "onnx"]
     partial: FlopCount | None = None
     for path in candidates:
         try:
@@ -613,14 +603,16 @@ def _count_bundle_flops(
     return partial
 
 
-def _count_per_model(root: Path, entries: Sequence[ModelEntry], bundle_count: FlopCount | None) -> dict[str, FlopCount]:
+def _count_per_model(
+    manifest: RunManifest | BundleManifest, entries: Sequence[ModelRecord], bundle_count: FlopCount | None
+) -> dict[str, FlopCount]:
     """Each model's own count (its weight bytes differ by precision); the bundle's count where it fails."""
     counts: dict[str, FlopCount] = {}
     for entry in entries:
         count = None
         if entry.format == "onnx":
             try:
-                count = count_flops(root / entry.file)
+                count = count_flops(manifest.path(entry.file))
             except BundleError as exc:
                 logger.debug("%s", exc)
         if count is None or count.uncounted or (bundle_count and count.flops_per_image != bundle_count.flops_per_image):

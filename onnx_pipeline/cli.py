@@ -21,6 +21,7 @@ from rich.markup import escape as _escape
 from rich.table import Table
 
 from onnx_pipeline.errors import EXIT_FAILED, EXIT_OK, PipelineError
+from onnx_pipeline.files import json_text
 
 app = typer.Typer(
     name="onnx-pipeline",
@@ -56,6 +57,19 @@ class _State:
     debug = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP), raised where the process is, so that it unwinds like Ctrl-C: temporary
+    folders are removed and the PyTorch worker is terminated."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal = signal_number
+
+
+def _on_signal(signal_number: int, _frame: Any) -> None:
+    raise Terminated(signal_number)
+
+
 def _fail(exc: PipelineError) -> None:
     err.print(f"[bold red]error:[/] {_escape(exc.message)}", soft_wrap=True)
     if _State.debug:
@@ -76,9 +90,10 @@ def _errors(debug: bool) -> Iterator[None]:
     except PipelineError as exc:
         _fail(exc)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: nothing was written")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        code = 128 + exc.signal if isinstance(exc, Terminated) else 130
+        err.print("interrupted: nothing was written (temporary files removed)")
+        raise typer.Exit(code) from None
 
 
 @contextmanager
@@ -246,6 +261,14 @@ IsolateOpt = Annotated[
     bool,
     typer.Option("--isolate/--no-isolate", help="Run the PyTorch side in its own process (frees its memory)."),
 ]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-source",
+        help="Rebuild the folder's PyTorch model even if that runs code or reads files its manifest names "
+        "(a factory, a TorchScript archive, a weights file). Only for folders from a source you trust.",
+    ),
+]
 RescaleOpt = Annotated[
     bool,
     typer.Option(
@@ -302,59 +325,41 @@ def export(
 
         onnx-pipeline export -m my_models.py:build -w ckpt.pt --input-shape 1,3,128,128 -o runs/mine
     """
-    from onnx_pipeline.config import resolve_pipeline_config
-    from onnx_pipeline.pipeline import run_export, targets_layer
-    from onnx_pipeline.sources import model_defaults
+    from onnx_pipeline import api
 
     shape = _parse_shape(input_shape)
     with _errors(debug):
-        cli: dict[str, dict[str, Any]] = {
-            "": {
-                "output": output,
-                "force": force or None,
-                "run_verify": False if no_verify else None,
-                "targets": tuple(target) if target else None,
-                "calibration_images": calibration_images,
-                "isolate_torch": isolate,
-            },
-            "model": {
-                "model": model,
-                "weights": weights,
-                "seed": seed,
-                "input_shape": shape,
-                "rescale_random": None if rescale_random else False,
-            },
-            "export": {
-                "exporter": exporter,
-                "opset": opset,
-                "dynamic_batch": False if static_batch else None,
-                "external_data": True if external_data else None,
-            },
-            "simplify": {"enabled": False if no_simplify else None, "backend": simplifier},
-            "verify": {"images": images, "batch_size": batch_size, "seed": seed},
-            "tolerances": {"atol": atol, "rtol": rtol, "min_cosine": min_cosine},
-        }
-        name = model or _config_model(config) or "vgg16"
-        pipeline_config = resolve_pipeline_config(
-            cli=cli,
-            config_file=config,
-            target=targets_layer(target or []),
-            model_defaults=model_defaults(name),
-        )
         _run_reported(
-            lambda progress: run_export(pipeline_config, progress=progress),
+            lambda progress: api.export(
+                model,
+                output=output,
+                weights=weights,
+                seed=seed,
+                input_shape=shape,
+                static_batch=static_batch,
+                exporter=exporter,
+                opset=opset,
+                external_data=True if external_data else None,
+                simplify=not no_simplify,
+                simplifier=simplifier,
+                verify=not no_verify,
+                images=images,
+                batch_size=batch_size,
+                atol=atol,
+                rtol=rtol,
+                min_cosine=min_cosine,
+                targets=tuple(target or ()),
+                calibration_images=calibration_images,
+                config=config,
+                force=force,
+                isolate=isolate,
+                rescale_random=rescale_random,
+                progress=progress,
+            ),
             as_json=as_json,
             report=report,
             output=output,
         )
-
-
-def _config_model(config: Path | None) -> str | None:
-    if config is None:
-        return None
-    from onnx_pipeline.config import load_config_file
-
-    return load_config_file(config).get("model", {}).get("model")
 
 
 # --------------------------------------------------------------------------- verify
@@ -377,6 +382,7 @@ def verify(
     ] = None,
     isolate: IsolateOpt = True,
     rescale_random: RescaleOpt = True,
+    trust_source: TrustOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
@@ -391,39 +397,31 @@ def verify(
 
         onnx-pipeline verify model.onnx --model vgg16 --weights vgg16.pth --images photos/ --json
     """
-    from onnx_pipeline.config import ModelConfig, Tolerances, VerifyConfig
-    from onnx_pipeline.pipeline import VerifyRequest, run_verify
-    from onnx_pipeline.sources import model_defaults
+    from onnx_pipeline import api
 
     shape = _parse_shape(input_shape)
     with _errors(debug):
-        tolerances = Tolerances(
-            **{k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine}.items() if v is not None}
-        )
-        verify_kwargs: dict[str, Any] = {"tolerances": tolerances, "images": images}
-        if batch_size is not None:
-            verify_kwargs["batch_size"] = batch_size
-        if seed is not None:
-            verify_kwargs["seed"] = seed
-        if provider:
-            verify_kwargs["providers"] = tuple(provider)
-        model_config = None
-        if model is not None:
-            default_weights = model_defaults(model).get("model", {}).get("weights", "random")
-            model_config = ModelConfig(
-                model=model,
-                weights=weights or default_weights,
-                seed=seed or 0,
-                input_shape=shape,
-                rescale_random=rescale_random,
-            )
-        elif weights is not None or shape is not None:
-            raise typer.BadParameter("--weights and --input-shape go with --model")
-        request = VerifyRequest(
-            path=path, model=model_config, verify=VerifyConfig(**verify_kwargs), isolate_torch=isolate
-        )
         _run_reported(
-            lambda progress: run_verify(request, progress=progress), as_json=as_json, report=report, output=path
+            lambda progress: api.verify(
+                path,
+                model=model,
+                weights=weights,
+                seed=seed,
+                input_shape=shape,
+                images=images,
+                batch_size=batch_size,
+                atol=atol,
+                rtol=rtol,
+                min_cosine=min_cosine,
+                providers=provider or None,
+                isolate=isolate,
+                rescale_random=rescale_random,
+                trust_source=trust_source,
+                progress=progress,
+            ),
+            as_json=as_json,
+            report=report,
+            output=path,
         )
 
 
@@ -433,10 +431,10 @@ def verify(
 @app.command()
 def targets(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List the hardware targets in hardware/ (use --target PATH.toml for a profile of your own)."""
-    from onnx_pipeline.targets import list_targets
+    from onnx_pipeline import api
 
     with _errors(debug):
-        found = list_targets()
+        found = api.targets()
     if as_json:
         rows = [
             {
@@ -494,15 +492,19 @@ def bundle(
 
         onnx-pipeline bundle runs/vgg16 -t cuda -t tensorrt -t vitis-ai-zcu102
     """
-    from onnx_pipeline.pipeline import run_bundle
-    from onnx_pipeline.steps.bundle import BundleConfig
+    from onnx_pipeline import api
 
     with _errors(debug):
-        config = BundleConfig(
-            calibration_images=calibration_images, heldout_images=heldout_images, seed=seed or 0, force=force
-        )
         _run_reported(
-            lambda progress: run_bundle(run, target, config, progress=progress),
+            lambda progress: api.bundle(
+                run,
+                target,
+                calibration_images=calibration_images,
+                heldout_images=heldout_images,
+                seed=seed or 0,
+                force=force,
+                progress=progress,
+            ),
             as_json=as_json,
             report=report,
             output=run / "bundles",
@@ -532,12 +534,12 @@ def predict(
 
         onnx-pipeline predict runs/vgg16/bundles/cpu-x86_64 photos/*.jpg --model fp32 --json
     """
-    from onnx_pipeline.runtime import Bundle
+    from onnx_pipeline import api
 
     with _errors(debug):
         if top_k < 1:
             raise typer.BadParameter("--top-k must be at least 1")
-        loaded = Bundle.load(bundle, providers=provider or None, model=model_name)
+        loaded = api.load_bundle(bundle, model=model_name, providers=provider or None)
         predictions = [loaded.predict(image, top_k=top_k) for image in images]
     if as_json:
         payload = {
@@ -563,6 +565,15 @@ def bench(
     eager: Annotated[
         bool, typer.Option("--eager/--no-eager", help="Measure PyTorch eager as the baseline, in the same run.")
     ] = True,
+    eager_model: Annotated[
+        str | None,
+        typer.Option(
+            "--eager-model",
+            help="The PyTorch model of the eager baseline (a name or file.py:factory of yours; runs that code). "
+            "Default: the folder's own model, when rebuilding it runs no code from the folder.",
+        ),
+    ] = None,
+    trust_source: TrustOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -574,21 +585,26 @@ def bench(
 
         onnx-pipeline bench runs/vgg16/bundles/cpu-x86_64 --batch-sizes 1 --json
     """
-    from onnx_pipeline.bench import BenchConfig, bench_summary, bench_table, benchmark_bundle
-    from onnx_pipeline.pipeline import eager_model_builder
+    from onnx_pipeline import api
+    from onnx_pipeline.bench import bench_summary, bench_table
 
     try:
         sizes = tuple(int(v) for v in batch_sizes.split(",") if v.strip())
     except ValueError:
         raise typer.BadParameter(f"'{batch_sizes}' is not a list of batch sizes: write it like 1,8") from None
-    with _errors(debug):
-        builder = eager_model_builder(bundle) if eager and (bundle / "manifest.json").is_file() else None
-        config = BenchConfig(batch_sizes=sizes, min_seconds=seconds, threads=threads, torch_model=builder, eager=eager)
-        with _progress(not as_json) as progress:
-            progress("bench")
-            result = benchmark_bundle(bundle, config)
+    with _errors(debug), _progress(not as_json) as progress:
+        result = api.bench(
+            bundle,
+            batch_sizes=sizes,
+            seconds=seconds,
+            threads=threads,
+            eager=eager,
+            eager_model=eager_model,
+            trust_source=trust_source,
+            progress=progress,
+        )
     if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json_text(result))
         return
     header, rows = bench_table(result)
     table = Table(title=f"bench: {bundle}", title_justify="left")
@@ -602,7 +618,12 @@ def bench(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: SIGTERM and SIGHUP unwind like Ctrl-C (nothing half-written is left)."""
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _on_signal)
     app()
 
 

@@ -8,18 +8,20 @@ in ``PipelineConfig.provenance`` so the report can show it.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from onnx_pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from onnx_pipeline.targets import HardwareTarget
 
 Exporter = Literal["dynamo", "torchscript"]
 SimplifierBackend = Literal["onnxsim", "onnxslim"]
 
 DEFAULT_OPSET = 18
-#: protobuf cannot serialise a single message over 2 GiB: bigger models must use external data
-PROTOBUF_LIMIT_BYTES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,34 @@ def load_config_file(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def config_file_model(path: Path | None) -> str | None:
+    """The ``[model] model`` a config file names, if any (to find that model's default layer)."""
+    if path is None:
+        return None
+    value = load_config_file(path).get("model", {}).get("model")
+    return str(value) if value is not None else None
+
+
+def targets_layer(targets: Sequence[HardwareTarget]) -> dict[str, dict[str, Any]]:
+    """The hardware-target layer of the config: what the targets agree on (batch mode, opset).
+
+    Give only the targets whose builders take the exported model as it is (a builder that rewrites
+    the model to its own opset and batch, as Vitis AI's does, constrains nothing); a key the targets
+    disagree on is left to the model's default.
+    """
+    layer: dict[str, dict[str, Any]] = {}
+    conflicts: set[tuple[str, str]] = set()
+    for target in targets:
+        for section, values in target.pipeline_defaults().items():
+            for key, value in values.items():
+                if key in layer.get(section, {}) and layer[section][key] != value:
+                    conflicts.add((section, key))
+                layer.setdefault(section, {})[key] = value
+    for section, key in conflicts:
+        del layer[section][key]
+    return layer
+
+
 def resolve_pipeline_config(
     *,
     cli: dict[str, dict[str, Any]],
@@ -222,6 +252,25 @@ def resolve_pipeline_config(
     return config
 
 
-def with_output(config: PipelineConfig, output: Path) -> PipelineConfig:
-    """A copy of ``config`` writing to ``output``."""
-    return replace(config, output=output)
+@dataclass(frozen=True)
+class BundleConfig:
+    """What ``build_bundle`` needs besides the run folder and the target."""
+
+    #: folder of images to calibrate int8 on; part of it is held out for the fidelity check
+    calibration_images: Path | None = None
+    #: folder of images used only for the fidelity check (then no calibration image is held out)
+    heldout_images: Path | None = None
+    #: share of ``calibration_images`` held out when ``heldout_images`` is not given
+    heldout_fraction: float = 0.25
+    #: most held-out samples checked (and stored in the bundle)
+    max_heldout: int = 16
+    #: synthetic samples used when there are no images (calibration; half as many held out)
+    synthetic_samples: int = 16
+    seed: int = 0
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise InputError(f"heldout_fraction must be between 0 and 1, got {self.heldout_fraction}")
+        if self.max_heldout < 1 or self.synthetic_samples < 2:
+            raise InputError("max_heldout must be >= 1 and synthetic_samples >= 2")

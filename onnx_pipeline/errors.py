@@ -46,6 +46,12 @@ class OutputExistsError(InputError):
     """The output folder exists and ``--force`` was not given."""
 
 
+class IntegrityError(InputError):
+    """A run folder or bundle fails its integrity rules: a file missing, altered, unlisted where it must be
+    listed, or a path that leaves the folder. ``verify`` reports it as a failed check (exit 1); every
+    other command refuses the folder as bad input (exit 2)."""
+
+
 class StepError(PipelineError):
     """A pipeline step (export, check, simplify, quantize, bundle) could not do its job."""
 
@@ -66,3 +72,12 @@ class VerificationError(StepError):
 
 class BundleError(StepError):
     """A hardware bundle could not be built, or a bundle on disk fails its checks."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (libraries append C++ traces), or its type name."""
+    for line in str(exc).strip().splitlines():
+        line = line.strip()
+        if line:
+            return line[:limit]
+    return type(exc).__name__

@@ -11,18 +11,23 @@ Memory stays flat; the file's sha256 is computed while writing.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnx_pipeline.errors import InputError
+import numpy as np
+
+from onnx_pipeline.errors import BundleError, InputError
 
 _MODEL_GRAPH_TAG = b"\x3a"  # ModelProto.graph: field 7, length-delimited
 _GRAPH_INITIALIZER_TAG = b"\x2a"  # GraphProto.initializer: field 5, length-delimited
 _TENSOR_RAW_DATA_TAG = b"\x4a"  # TensorProto.raw_data: field 9, length-delimited
 _CHUNK = 8 << 20
+#: protobuf cannot serialise a single message over 2 GiB: bigger models must use external data
+PROTOBUF_LIMIT = 2**31 - 1
 
 
 def varint(value: int) -> bytes:
@@ -150,6 +155,92 @@ def model_skeleton(model: Any) -> Any:
     graph.value_info.extend(source.value_info)
     graph.sparse_initializer.extend(source.sparse_initializer)
     return out
+
+
+#: initializers at least this large are handed to onnxruntime as OrtValues instead of being serialized
+_EXTERNAL_MIN_ELEMENTS = 1024
+
+
+def weightless_copy(model: Any) -> tuple[Any, list[str], list[np.ndarray]]:
+    """A copy of ``model`` whose large initializers are external-data placeholders, and those initializers.
+
+    The weights are not copied: the returned arrays view the model's buffers. Pass them to
+    ``SessionOptions.add_external_initializers`` to run the copy, or use the copy where only the
+    graph matters (shape inference). This avoids serializing and re-parsing the weights (several
+    seconds for VGG16's 528 MB).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    copy = model_skeleton(model)
+    graph, source = copy.graph, model.graph
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    for init in source.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL or int(np.prod(init.dims)) < _EXTERNAL_MIN_ELEMENTS:
+            graph.initializer.append(init)
+            continue
+        placeholder = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
+        placeholder.data_location = onnx.TensorProto.EXTERNAL
+        placeholder.external_data.add(key="location", value="__onnx_pipeline_in_memory__")
+        graph.initializer.append(placeholder)
+        names.append(init.name)
+        arrays.append(np.ascontiguousarray(numpy_helper.to_array(init)))
+    return copy, names, arrays
+
+
+def infer_shapes(model: Any) -> None:
+    """Run ONNX shape inference on ``model`` in place, on a weightless copy (the weights are not serialized)."""
+    import onnx
+
+    skeleton, _, _ = weightless_copy(model)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+
+
+def topological_order(nodes: list[Any], available: set[str]) -> list[Any]:
+    """``nodes`` ordered so every input is produced before use (Kahn's algorithm, stable).
+
+    ``available``: tensors present before any node runs (graph inputs, initializers). Raises
+    ``ValueError`` on a cycle or an input nothing produces.
+    """
+    available = set(available) | {""}
+    producers: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        for out in node.output:
+            producers[out] = index
+    waiting = {i: {t for t in n.input if t not in available and t in producers} for i, n in enumerate(nodes)}
+    consumers: dict[int, list[int]] = {}
+    for i, deps in waiting.items():
+        for t in deps:
+            consumers.setdefault(producers[t], []).append(i)
+    ready = [i for i, deps in waiting.items() if not deps]
+    order: list[int] = []
+    heapq.heapify(ready)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in consumers.get(i, []):
+            deps = waiting[j]
+            for t in nodes[i].output:
+                deps.discard(t)
+            if not deps and j not in order and j not in ready:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise ValueError("the graph has a cycle or a node whose input is never produced")
+    return [nodes[i] for i in order]
+
+
+def topological_sort(graph: Any) -> None:
+    """Order ``graph.node`` in place so every input is produced before use; ``BundleError`` on a cycle."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    try:
+        ordered = topological_order(list(graph.node), available)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 @dataclass(frozen=True)

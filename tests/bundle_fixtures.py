@@ -137,7 +137,7 @@ def make_run_folder(
             "extra": {},
         },
         "labels": [f"class_{i}" for i in range(out_features)],
-        "source": {"model": "tiny-vgg", "kind": "test", "weights": "random", "seed": seed, "weights_sha256": None},
+        "source": {"model": "tiny-vgg", "kind": "builtin", "weights": "random", "seed": seed, "weights_sha256": None},
         "exporter": {"requested": "dynamo", "used": "dynamo", "fallbacks": [], "findings": []},
         "simplify": None,
         "verification": None,

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.files import hash_tree, write_json
-from onnx_pipeline.runtime.preprocess import PreprocessSpec
+from onnx_pipeline.files import write_json
+from onnx_pipeline.imagespec import PreprocessSpec
+from onnx_pipeline.manifest import hash_folder as hash_tree
 
 NUM_CLASSES = 10
 LABELS = [f"class_{i}" for i in range(NUM_CLASSES)]
@@ -95,7 +96,7 @@ def write_manifest(folder: Path, models: list[dict[str, Any]], **extra: Any) -> 
     """Write ``folder/manifest.json`` in the bundle format, hashing every file already in ``folder``."""
     manifest: dict[str, Any] = {
         "schema": "onnx-pipeline/bundle/1",
-        "target": "test-cpu",
+        "target": {"name": "test-cpu"},
         "models": models,
         "inputs": [{"name": "input", "shape": ["batch", *TINY_INPUT], "dtype": "float32"}],
         "outputs": [{"name": "output", "shape": ["batch", NUM_CLASSES], "dtype": "float32"}],

@@ -170,10 +170,10 @@ def test_flops_of_an_unsorted_graph_with_symbolic_value_info(tmp_path: Path) -> 
 
 
 def test_a_tampered_bundle_is_not_benchmarked(tmp_path: Path) -> None:
-    from onnx_pipeline.errors import BundleError
+    from onnx_pipeline.errors import IntegrityError
 
     folder = tmp_path / "bundle"
     shutil.copytree(tiny_bundle(), folder)
     (folder / "README.md").write_text("changed\n")
-    with pytest.raises(BundleError, match=r"README\.md does not match"):
+    with pytest.raises(IntegrityError, match=r"README\.md does not match"):
         benchmark_bundle(folder, BenchConfig(**FAST))  # type: ignore[arg-type]

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from bundle_fixtures import make_run_folder, write_photos
 
+from onnx_pipeline.artifacts.triton import check_config, parse_pbtxt
 from onnx_pipeline.bundling.fidelity import judge, output_figures
-from onnx_pipeline.bundling.triton import check_config, parse_pbtxt
+from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.errors import BundleError, InputError, OutputExistsError
-from onnx_pipeline.files import sha256_file
-from onnx_pipeline.steps.bundle import BundleConfig, BundleResult, build_bundle, verify_bundle
+from onnx_pipeline.files import sha256_file, to_jsonable
+from onnx_pipeline.manifest import content_digest
+from onnx_pipeline.steps.bundle import BundleResult, build_bundle
+from onnx_pipeline.steps.verify_bundle import verify_bundle
 from onnx_pipeline.targets import FidelityThresholds, load_target
 
 MY_TARGETS = ("cpu-x86_64", "cpu-arm64", "cuda", "tensorrt")
@@ -78,19 +81,19 @@ def test_bundle_builds_and_verifies(bundles: dict[str, BundleResult], name: str)
         for file in EXPECTED_FILES.get(kind, []):
             assert (result.bundle_dir / file).is_file(), file
     assert (result.bundle_dir / "README.md").is_file()
-    assert manifest["schema"] == "onnx-pipeline/bundle/1"
+    assert manifest["schema"] == "onnx-pipeline/bundle/2"
     assert manifest["target"]["name"] == name
     assert [e["name"] for e in manifest["execution_providers"]] == [ep.name for ep in target.execution_providers]
     assert manifest["inputs"][0]["name"] == "input" and manifest["labels"][0] == "class_0"
     assert manifest["preprocessing"]["crop"] == [32, 32]
-    assert {"onnx", "onnxruntime", "numpy", "python"} <= set(manifest["versions"])
+    assert {"onnx", "onnxruntime", "numpy", "python", "onnx-pipeline"} <= set(manifest["versions"])
     assert manifest["default_model"] in {m["file"] for m in manifest["models"]}
     for entry in manifest["models"]:
         assert entry["fidelity"]["passed"] and entry["fidelity"]["outputs"][0]["samples"] >= 2
         assert entry["fidelity"]["provider"] == "CPUExecutionProvider"
     verified = verify_bundle(result.bundle_dir)
     assert verified.passed and verified.files_checked == len(manifest["files"])
-    json.dumps(result.to_dict(), allow_nan=False), json.dumps(verified.to_dict(), allow_nan=False)
+    json.dumps(to_jsonable(result), allow_nan=False), json.dumps(to_jsonable(verified), allow_nan=False)
     json.dumps(manifest, allow_nan=False)  # strict JSON, readable on any device
     assert result.summary.startswith("passed") and "SQNR" in result.summary
     assert not verified.unlisted_files
@@ -113,7 +116,10 @@ def test_cpu_bundle_contents(bundles: dict[str, BundleResult]) -> None:
     assert manifest["calibration"]["synthetic"] is False
     held, used = set(manifest["heldout"]["images"]), set(manifest["calibration"]["images"])
     assert held and used and not held & used, "held-out photos must not be used for calibration"
-    assert manifest["quantization"]["per_channel"] is True and manifest["quantization"]["reduce_range"] is True
+    assert (
+        manifest["artifacts"]["int8-qdq"]["per_channel"] is True
+        and manifest["artifacts"]["int8-qdq"]["reduce_range"] is True
+    )
     assert manifest["target"]["offline_optimization"] == "extended"
     levels = {m["file"]: m["optimization_level"] for m in manifest["models"]}
     assert levels["model.fp32.onnx"] == "extended"
@@ -150,7 +156,7 @@ def test_fp16_io_check_can_fail(tiny_run: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from onnx_pipeline.bundling.fp16 import check_io_float32
+    from onnx_pipeline.artifacts.fp16 import check_io_float32
 
     model = onnx.load(str(tiny_run / "model.onnx"))
     with pytest.raises(BundleError, match="inputs/outputs"):
@@ -176,8 +182,10 @@ def test_fast_quantization_matches_stock_flow(tiny_run: Path, photos: Path, tmp_
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from onnx_pipeline.bundling.quantize_int8 import _ArrayReader, infer_shapes, quantize_qdq
-    from onnx_pipeline.runtime.preprocess import PreprocessSpec, list_images, load_batch
+    from onnx_pipeline.artifacts.int8_qdq import _ArrayReader, quantize_qdq
+    from onnx_pipeline.imagespec import PreprocessSpec
+    from onnx_pipeline.onnxfile import infer_shapes
+    from onnx_pipeline.runtime.preprocess import list_images, load_batch
 
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     data = load_batch(list_images(photos), PreprocessSpec.from_dict(manifest["preprocessing"]))
@@ -255,6 +263,10 @@ def test_verify_reruns_fidelity(bundles: dict[str, BundleResult], tmp_path: Path
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["files"]["model.fp32.onnx"] = sha256_file(root / "model.fp32.onnx")
     (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="edited after it was written"):  # a careless edit is caught first
+        verify_bundle(root)
+    manifest["content_sha256"] = content_digest(manifest)  # a forger rewrites every hash: fidelity still fails
+    (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="fidelity") as info:
         verify_bundle(root)
     result = info.value.result
@@ -322,7 +334,7 @@ def test_vitis_artifact_is_dispatched(tiny_run: Path, photos: Path, tmp_path: Pa
     result = build_bundle(run, target, BundleConfig(calibration_images=photos))
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
     assert [m["kind"] for m in manifest["models"]] == ["vitis-ai"]
-    assert manifest["vitis"]["dpu"]["name"] == target.dpu.name
+    assert manifest["artifacts"]["vitis-ai"]["dpu"]["name"] == target.dpu.name
     assert manifest["default_model"] == manifest["models"][0]["file"]
     assert verify_bundle(result.bundle_dir).passed
 
@@ -334,7 +346,7 @@ def test_triton_config_matches_model(bundles: dict[str, BundleResult]) -> None:
     import onnx
 
     root = bundles["tensorrt"].bundle_dir
-    triton = bundles["tensorrt"].triton
+    triton = bundles["tensorrt"].artifacts["triton"]
     assert triton is not None
     text = (root / triton["config"]).read_text()
     config = parse_pbtxt(text)
@@ -368,7 +380,7 @@ def test_triton_mismatch_detected(bundles: dict[str, BundleResult], old: str, ne
     import onnx
 
     root = bundles["tensorrt"].bundle_dir
-    triton = bundles["tensorrt"].triton
+    triton = bundles["tensorrt"].artifacts["triton"]
     assert triton is not None
     text = (root / triton["config"]).read_text()
     assert old in text
@@ -383,8 +395,8 @@ def test_static_batch_triton(tmp_path: Path, photos: Path) -> None:
         build_bundle(run, load_target("cuda"), BundleConfig())
     profile = _profile(tmp_path, "cuda", {'batch = "dynamic"': 'batch = "static"'}, name="cuda-static")
     result = build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos))
-    assert result.triton is not None and result.triton["max_batch_size"] == 0
-    config = parse_pbtxt((result.bundle_dir / result.triton["config"]).read_text())
+    assert "triton" in result.artifacts and result.artifacts["triton"]["max_batch_size"] == 0
+    config = parse_pbtxt((result.bundle_dir / result.artifacts["triton"]["config"]).read_text())
     assert config["max_batch_size"] == [0] and config["input"][0]["dims"] == [1, 3, 32, 32]
     assert "dynamic_batching" not in config
     assert verify_bundle(result.bundle_dir).passed

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from onnx_pipeline.cli import app
+from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.pipeline import run_bundle
-from onnx_pipeline.steps.bundle import BundleConfig
 from tests.test_cli import _assert_user_error
 
 runner = CliRunner()

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from onnx_pipeline.errors import InputError
+from onnx_pipeline.imagespec import PreprocessSpec
 from onnx_pipeline.runtime import preprocess
-from onnx_pipeline.runtime.preprocess import PreprocessSpec, load_batch, load_image, preprocess_image
+from onnx_pipeline.runtime.preprocess import load_batch, load_image, preprocess_image
 
 torch = pytest.importorskip("torch")
 transforms = pytest.importorskip("torchvision.transforms")
@@ -118,7 +119,7 @@ def test_spec_round_trip_and_unknown_keys() -> None:
     spec = PreprocessSpec(resize=72, crop=(64, 48), mean=(0.5,), std=(0.5,), color="L")
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     assert PreprocessSpec.from_dict({"crop": 32}).crop == (32, 32)
-    with pytest.raises(InputError, match="unknown preprocessing keys"):
+    with pytest.raises(InputError, match=r"unknown preprocessing key\(s\)"):
         PreprocessSpec.from_dict({"resize": 1, "bogus": 2})
 
 

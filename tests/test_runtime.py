@@ -24,7 +24,7 @@ from runtime_fixtures import (  # tests/ holds no __init__.py: pytest puts it on
     write_manifest,
 )
 
-from onnx_pipeline.errors import BundleError, InputError
+from onnx_pipeline.errors import BundleError, InputError, IntegrityError
 from onnx_pipeline.runtime import Bundle, Prediction, PreprocessSpec, SessionSettings, preprocess_image
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -137,7 +137,7 @@ def test_tampered_model_is_refused(tmp_path: Path) -> None:
     data = bytearray((folder / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (folder / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"model\.onnx does not match its sha256"):
+    with pytest.raises(IntegrityError, match=r"model\.onnx does not match its sha256"):
         Bundle.load(folder)
 
 
@@ -145,7 +145,7 @@ def test_truncated_model_is_refused(tmp_path: Path) -> None:
     folder = copy_tiny_bundle(tmp_path)
     data = (folder / "model.onnx").read_bytes()
     (folder / "model.onnx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BundleError, match=r"model\.onnx does not match its sha256 \(modified or truncated"):
+    with pytest.raises(IntegrityError, match=r"model\.onnx does not match its sha256 \(altered or truncated"):
         Bundle.load(folder)
 
 
@@ -153,7 +153,7 @@ def test_tampered_readme_and_missing_file_are_refused(tmp_path: Path) -> None:
     folder = copy_tiny_bundle(tmp_path, with_int8=True)
     (folder / "README.md").write_text("changed\n")
     (folder / "model.int8.onnx").unlink()
-    with pytest.raises(BundleError) as info:
+    with pytest.raises(IntegrityError) as info:
         Bundle.load(folder)
     assert "README.md does not match" in str(info.value) and "model.int8.onnx is missing" in str(info.value)
     Bundle.load(folder, verify=False)  # the caller may skip the check on purpose
@@ -164,17 +164,17 @@ def test_unlisted_model_and_escaping_paths_are_refused(tmp_path: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["files"]["model.onnx"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="not listed"):
+    with pytest.raises(IntegrityError, match="does not list it in 'files'"):
         Bundle.load(folder)
     manifest["files"]["model.onnx"] = "0" * 64
     manifest["files"]["../outside.txt"] = "0" * 64
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="not a path inside the bundle"):
+    with pytest.raises(IntegrityError, match="outside the folder"):
         Bundle.load(folder)
 
 
 def test_missing_or_broken_manifest(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"has no manifest\.json: give a bundle folder"):
+    with pytest.raises(InputError, match=r"has no manifest\.json: give a run folder or a bundle"):
         Bundle.load(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         Bundle.load(tmp_path / "nowhere")
@@ -183,7 +183,7 @@ def test_missing_or_broken_manifest(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is a file: give the folder"):
         Bundle.load(model)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(BundleError, match="not valid JSON"):
+    with pytest.raises(InputError, match="not valid JSON"):
         Bundle.load(tmp_path)
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from onnx_pipeline.errors import BundleError
+from onnx_pipeline.errors import IntegrityError
 from onnx_pipeline.runtime import Bundle
 
 
 @pytest.fixture(scope="module")
 def cpu_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cpu-x86_64 bundle built by the bundle step from a copy of the exported tiny run folder."""
-    from onnx_pipeline.steps.bundle import BundleConfig, build_bundle
+    from onnx_pipeline.config import BundleConfig
+    from onnx_pipeline.steps.bundle import build_bundle
     from onnx_pipeline.targets import load_target
 
     run = tmp_path_factory.mktemp("integration") / "run"
@@ -54,7 +55,7 @@ def test_tampered_built_bundle_is_refused(cpu_bundle: Path, tmp_path: Path) -> N
     shutil.copytree(cpu_bundle, copy)
     target = copy / "model.int8.onnx"
     target.write_bytes(target.read_bytes()[:-10])
-    with pytest.raises(BundleError, match=r"model\.int8\.onnx does not match"):
+    with pytest.raises(IntegrityError, match=r"model\.int8\.onnx does not match"):
         Bundle.load(copy)
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
+from onnx_pipeline.artifacts import available_kinds, builders_for
 from onnx_pipeline.errors import TargetError
 from onnx_pipeline.targets import (
-    ARTIFACT_KINDS,
     HardwareTarget,
     hardware_dirs,
     list_targets,
@@ -52,7 +50,8 @@ def test_every_profile_loads(path: Path) -> None:
     assert isinstance(target, HardwareTarget)
     assert target.name == path.stem, "a profile's name must match its file name (it names the bundle folder)"
     assert target.execution_providers, "a target runs on at least one execution provider"
-    assert set(target.artifacts) <= set(ARTIFACT_KINDS)
+    assert set(target.artifacts) <= set(available_kinds())
+    builders_for(target)  # each kind has its builder, and the profile gives what each builder needs
     for precision in target.precisions:
         assert precision in target.fidelity
     assert load_target(path.stem) == target  # by name too
@@ -112,11 +111,15 @@ def test_unknown_key_refused(tmp_path: Path, edit, named: str) -> None:  # type:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace('artifacts = ["fp32-optimized"]', 'artifacts = ["gguf"]'), "artifacts"),
+        (lambda t: t.replace('artifacts = ["fp32-optimized"]', 'artifacts = ["gguf"]'), "unknown artifact kind 'gguf'"),
         (lambda t: t.replace('artifacts = ["fp32-optimized"]', 'artifacts = ["int8-qdq"]'), "int8"),
         (lambda t: t.replace("min_cosine = 0.9999", 'min_cosine = "high"'), "min_cosine"),
         (lambda t: t.replace("max = 23", "max = 12"), "opset"),
         (lambda t: t.replace('name = "mine"', 'name = "../escape"'), "name"),
+        (lambda t: t.replace('name = "mine"', 'name = "."'), "name"),
+        (lambda t: t.replace('name = "mine"', 'name = ".."'), "name"),
+        (lambda t: t.replace('name = "mine"', 'name = "a/b"'), "name"),
+        (lambda t: t.replace('name = "mine"', 'name = ".hidden"'), "name"),
         (lambda t: t + '\nbatch = "sometimes"\n', "batch"),
         (lambda t: t.replace("[fidelity.fp32]", "[fidelity.fp16]"), "fidelity.fp32"),
         (lambda t: t.replace('name = "CPUExecutionProvider"', 'name = "CPU"'), "provider"),
@@ -125,7 +128,7 @@ def test_unknown_key_refused(tmp_path: Path, edit, named: str) -> None:  # type:
 )
 def test_invalid_profile_refused(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TargetError, match=message):
-        load_target(_write(tmp_path, edit(MINIMAL)))
+        builders_for(load_target(_write(tmp_path, edit(MINIMAL))))  # profile rules, then the builders' own
 
 
 def test_artifact_needs_its_table(tmp_path: Path) -> None:
@@ -135,7 +138,7 @@ def test_artifact_needs_its_table(tmp_path: Path) -> None:
         "\n[fidelity.int8]\nmin_cosine = 0.9\nmin_sqnr_db = 10.0\nmin_top1_agreement = 0.5\nmin_top5_agreement = 0.5\n"
     )
     with pytest.raises(TargetError, match=r"int8-qdq.*\[quantization\]"):
-        load_target(_write(tmp_path, text))
+        builders_for(load_target(_write(tmp_path, text)))
     assert load_target(_write(tmp_path, text + "\n[quantization]\nreduce_range = true\n")).quantization is not None
 
 
@@ -159,23 +162,15 @@ def test_installed_hardware_folder_comes_first(tmp_path: Path, monkeypatch: pyte
     assert load_target("mine").source == package / "hardware" / "mine.toml"
 
 
-def test_dpu_table_goes_to_the_vitis_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[dict[str, object], Path]] = []
-    fake = types.ModuleType("onnx_pipeline.vitis.dpu")
-
-    def parse_dpu_table(table: dict[str, object], source: Path) -> str:
-        calls.append((table, source))
-        if "bad" in table:
-            raise TargetError(f"target profile {source}: unknown key 'dpu.bad'")
-        return "parsed-dpu"
-
-    fake.parse_dpu_table = parse_dpu_table  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "onnx_pipeline.vitis.dpu", fake)
-    path = _write(tmp_path, MINIMAL + '\n[dpu]\narch = "DPUCZDX8G"\n')
-    assert load_target(path).dpu == "parsed-dpu"
-    assert calls == [({"arch": "DPUCZDX8G"}, path)]
+def test_dpu_table_is_parsed_with_the_target(tmp_path: Path) -> None:
+    text = (
+        MINIMAL + '\n[dpu]\nname = "DPUCZDX8G_ISA1_B4096"\nfamily = "DPUCZDX8G"\nboard = "ZCU102"\nflow = "vai_c_xir"\n'
+    )
+    text += "channel_parallel = 16\nbank_depth = 2048\n"
+    target = load_target(_write(tmp_path, text))
+    assert target.dpu is not None and target.dpu.board == "ZCU102" and target.table("dpu") is target.dpu
     with pytest.raises(TargetError, match=r"dpu\.bad"):
-        load_target(_write(tmp_path, MINIMAL + "\n[dpu]\nbad = 1\n"))
+        load_target(_write(tmp_path, text + "bad = 1\n"))
     assert load_target(_write(tmp_path, MINIMAL)).dpu is None
 
 
@@ -186,7 +181,7 @@ def test_vitis_artifact_needs_dpu_table(tmp_path: Path) -> None:
         "\n[fidelity.int8]\nmin_cosine = 0.9\nmin_sqnr_db = 10.0\nmin_top1_agreement = 0.5\nmin_top5_agreement = 0.5\n"
     )
     with pytest.raises(TargetError, match=r"\[dpu\]"):
-        load_target(_write(tmp_path, text))
+        builders_for(load_target(_write(tmp_path, text)))
 
 
 def test_pipeline_defaults() -> None:

@@ -14,8 +14,9 @@ import pytest
 
 from onnx_pipeline.errors import BundleError, TargetError
 from onnx_pipeline.files import sha256_file
-from onnx_pipeline.vitis.dpu import parse_dpu_table
-from tests.vitis_fixtures import FakeTarget, branchy_model, conv_model, save, vck190, vek280, zcu102
+from onnx_pipeline.targets.profiles import _parse_dpu_table as parse_dpu_table
+from tests.helpers import build_artifact
+from tests.vitis_fixtures import branchy_model, conv_model, save, vck190, vek280, vitis_target, zcu102
 
 BOARDS = (
     "vitis-ai-zcu102",
@@ -84,8 +85,8 @@ def test_dpu_table_refuses_unknown_key(tmp_path: Path) -> None:
 
 
 def _placements(model, spec):  # type: ignore[no-untyped-def]
+    from onnx_pipeline.vitis.dpu_report import build_dpu_report
     from onnx_pipeline.vitis.graph import ModelParts, infer_shapes
-    from onnx_pipeline.vitis.report import build_dpu_report
 
     parts = ModelParts(skeleton=model, weights={})
     infer_shapes(parts)
@@ -123,15 +124,13 @@ def test_report_softmax_on_cpu() -> None:
 
 @pytest.fixture(scope="module")
 def branchy_bundle(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from onnx_pipeline.vitis.bundle import write_vitis_artifacts
-
     root = tmp_path_factory.mktemp("branchy")
     model = save(branchy_model(), root / "model.onnx")
     rng = np.random.default_rng(3)
     calibration = rng.uniform(-1, 1, (8, 3, 8, 8)).astype(np.float32)
     heldout = rng.uniform(-1, 1, (6, 3, 8, 8)).astype(np.float32)
-    target = FakeTarget(name="vitis-ai-zcu102", dpu=zcu102())
-    artifacts = write_vitis_artifacts(model, root / "bundle", target, calibration, heldout, None, True)
+    target = vitis_target(zcu102())
+    artifacts = build_artifact(model, target, "vitis-ai", calibration, heldout, root / "bundle")
     return root / "bundle", artifacts
 
 
@@ -221,8 +220,8 @@ def test_shift_and_position_constraints(branchy_bundle) -> None:  # type: ignore
         low = 0 if conv == "conv_c" else min(0, -(24 - (8 + shift_cut)))  # LeakyRelu after conv_c
         assert low <= shift_bias <= 15, conv
     # the model was built to need moves: they are recorded
-    assert artifacts.quant_params["adjustments"]
-    assert any("shift_read" in a for a in artifacts.quant_params["adjustments"])
+    assert artifacts.section["quant_params"]["adjustments"]
+    assert any("shift_read" in a for a in artifacts.section["quant_params"]["adjustments"])
 
 
 def test_check_xint8_catches_a_broken_model(branchy_bundle) -> None:  # type: ignore[no-untyped-def]
@@ -247,8 +246,13 @@ def test_leaky_relu_alpha_is_dpu_fixed_point(branchy_bundle) -> None:  # type: i
     assert alpha == pytest.approx(26 / 256)
 
 
+def options_cache_in_tmp(bundle: Path) -> bool:
+    options = json.loads((bundle / "provider_options.json").read_text())["provider_options"]
+    return str(options["cache_dir"]).startswith("/tmp")
+
+
 def test_bundle_files(branchy_bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    bundle, artifacts = branchy_bundle
+    bundle, _ = branchy_bundle
     for name in (
         "model_fp32.onnx",
         "model_xint8_qdq.onnx",
@@ -264,8 +268,10 @@ def test_bundle_files(branchy_bundle, tmp_path: Path) -> None:  # type: ignore[n
         "quark_requantize.py",
         "VITIS_AI_NOTES.md",
     ):
-        assert name in artifacts.files, name
-    assert "manifest.json" not in artifacts.files
+        assert (bundle / name).is_file(), name
+    assert not (bundle / "manifest.json").exists()
+    # the compile cache is the bundle's own, never a shared, predictable /tmp folder
+    assert not options_cache_in_tmp(bundle)
     options = json.loads((bundle / "provider_options.json").read_text())
     assert options["provider"] == "VitisAIExecutionProvider"
     assert options["provider_options"]["cache_key"] == sha256_file(bundle / "model_xint8_qdq.onnx")
@@ -301,17 +307,16 @@ def test_runner_fails_loudly_without_vitis_provider(branchy_bundle, tmp_path: Pa
 
 def test_fidelity_threshold_failure_raises_with_figures(tmp_path: Path) -> None:
     from onnx_pipeline.targets import FidelityThresholds
-    from onnx_pipeline.vitis.bundle import write_vitis_artifacts
 
     model = save(branchy_model(), tmp_path / "model.onnx")
     rng = np.random.default_rng(4)
     data = rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
     strict = FidelityThresholds(min_cosine=1.0, min_sqnr_db=200.0, min_top1_agreement=1.0, min_top5_agreement=1.0)
-    target = FakeTarget(name="strict", dpu=zcu102(), fidelity={"int8": strict})
+    target = vitis_target(zcu102(), fidelity={"int8": strict})
     with pytest.raises(BundleError) as info:
-        write_vitis_artifacts(model, tmp_path / "bundle", target, data, data, None, True)
+        build_artifact(model, target, "vitis-ai", data, data, tmp_path / "bundle")
     assert "SQNR" in str(info.value)
-    assert info.value.result is not None and info.value.result.fidelity["passed"] is False
+    assert info.value.result is not None and info.value.result["fidelity_float_vs_xint8"]["passed"] is False
 
 
 def test_histogram_minmse_prefers_clipping_outliers() -> None:
@@ -357,12 +362,3 @@ def test_opset_13_model_is_upgraded_and_reduce_mean_becomes_global_pool(tmp_path
     ops = [n.op_type for n in parts.skeleton.graph.node]
     assert "ReduceMean" not in ops and "GlobalAveragePool" in ops and ops[-1] == "Flatten"
     assert _placements(parts.skeleton, zcu102())["gap"].device == "DPU"
-
-
-def test_empty_heldout_is_refused(tmp_path: Path) -> None:
-    from onnx_pipeline.vitis.bundle import write_vitis_artifacts
-
-    model = save(conv_model(), tmp_path / "m.onnx")
-    data = np.zeros((2, 3, 20, 20), dtype=np.float32)
-    with pytest.raises(BundleError, match="held-out"):
-        write_vitis_artifacts(model, tmp_path / "b", FakeTarget("t", zcu102()), data, data[:0], None, True)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import build_artifact
+
 
 def _export(model, example, path: Path) -> Path:  # type: ignore[no-untyped-def]
     """Export as the pipeline does: dynamo exporter, dynamic batch named "batch"."""
@@ -77,7 +79,6 @@ def test_digits_power_of_two_loses_at_most_one_point(tmp_path: Path) -> None:
     import torch
 
     from onnx_pipeline.targets import load_target
-    from onnx_pipeline.vitis.bundle import write_vitis_artifacts
 
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = _digits()
@@ -93,15 +94,15 @@ def test_digits_power_of_two_loses_at_most_one_point(tmp_path: Path) -> None:
     path = _export(model, torch.from_numpy(x_test[:2]), tmp_path / "model.onnx")
 
     target = load_target("vitis-ai-zcu102")
-    artifacts = write_vitis_artifacts(path, tmp_path / "bundle", target, x_train[:64], x_test, None, False)
+    artifacts = build_artifact(path, target, "vitis-ai", x_train[:64], x_test, tmp_path / "bundle", synthetic=False)
     fp32 = _run(tmp_path / "bundle" / "model_fp32.onnx", x_test).argmax(1)
     xint8 = _run(tmp_path / "bundle" / "model_xint8_qdq.onnx", x_test).argmax(1)
     acc_fp32 = float(np.mean(fp32 == y_test))
     acc_xint8 = float(np.mean(xint8 == y_test))
     assert acc_fp32 > 0.9, f"the CNN did not train ({acc_fp32:.3f})"
     assert acc_fp32 - acc_xint8 <= 0.01, f"fp32 {acc_fp32:.4f} vs power-of-two {acc_xint8:.4f}"
-    assert artifacts.fidelity["passed"]
-    assert artifacts.dpu_report["on_cpu"] == 0
+    assert artifacts.section["fidelity_float_vs_xint8"]["passed"]
+    assert artifacts.section["dpu_report"]["on_cpu"] == 0
 
 
 def _rescaled_vgg16():  # type: ignore[no-untyped-def]
@@ -131,15 +132,13 @@ def test_vgg16_every_board(tmp_path: Path) -> None:
     import torch
 
     from onnx_pipeline.targets import load_target
-    from onnx_pipeline.vitis.bundle import write_vitis_artifacts
+    from onnx_pipeline.vitis.dpu_report import build_dpu_report
     from onnx_pipeline.vitis.graph import load_parts, to_static_opset17
-    from onnx_pipeline.vitis.report import build_dpu_report
-    from tests.test_vitis import BOARDS
 
     path = _export(_rescaled_vgg16(), torch.randn(1, 3, 224, 224), tmp_path / "vgg16.onnx")
     parts = load_parts(path)
     to_static_opset17(parts)
-    for board in BOARDS:
+    for board in sorted(p.stem for p in (Path(__file__).parent.parent / "hardware").glob("vitis-ai-*.toml")):
         report = build_dpu_report(parts.skeleton, load_target(board).dpu)
         for node in report.nodes:
             if node.op_type in ("Conv", "Gemm", "MaxPool"):
@@ -148,8 +147,8 @@ def test_vgg16_every_board(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     calibration = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
     heldout = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)
-    artifacts = write_vitis_artifacts(
-        path, tmp_path / "bundle", load_target("vitis-ai-vek280"), calibration, heldout, None, True
+    artifacts = build_artifact(
+        path, load_target("vitis-ai-vek280"), "vitis-ai", calibration, heldout, tmp_path / "bundle"
     )
-    (figures,) = artifacts.fidelity["outputs"]
+    (figures,) = artifacts.section["fidelity_float_vs_xint8"]["outputs"]
     assert figures["min_cosine"] >= 0.99, figures

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.vitis.dpu import DpuSpec
+from onnx_pipeline.targets import DpuSpec
 
 
-@dataclass(frozen=True)
-class FakeTarget:
-    """Duck-typed HardwareTarget: what write_vitis_artifacts reads."""
+def vitis_target(dpu: DpuSpec, **fields: Any) -> Any:
+    """The real vitis-ai-zcu102 profile with another DPU (and other fields) swapped in."""
+    from onnx_pipeline.targets import load_target
 
-    name: str
-    dpu: DpuSpec
-    fidelity: dict[str, Any] = field(default_factory=dict)
+    return dataclasses.replace(load_target("vitis-ai-zcu102"), dpu=dpu, **fields)
 
 
 def zcu102() -> DpuSpec:

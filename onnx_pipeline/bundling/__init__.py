@@ -1,1 +1,1 @@
-"""Helpers of the bundle step: int8 quantization, fp16 conversion, onnxruntime tools, Triton, fidelity."""
+"""What the bundle step shares with the builders: the data a bundle is built and judged on, fidelity, README."""

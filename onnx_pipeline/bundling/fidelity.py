@@ -19,8 +19,7 @@ so, and is not judged; cosine and SQNR still are, so a broken model cannot hide 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,19 +57,11 @@ class FidelityResult:
     #: the execution provider that actually ran the model
     provider: str = "CPUExecutionProvider"
 
+    __json_extra__ = ("passed",)
+
     @property
     def passed(self) -> bool:
         return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (strict JSON: an infinite figure, e.g. the SQNR of identical outputs, becomes "inf")."""
-        data = asdict(self)
-        for output in data["outputs"]:
-            for key, value in output.items():
-                if isinstance(value, float) and not math.isfinite(value):
-                    output[key] = str(value)
-        data["passed"] = self.passed
-        return data
 
 
 def output_figures(name: str, reference: np.ndarray, test: np.ndarray) -> OutputFidelity:

@@ -4,8 +4,9 @@ Imports numpy and Pillow (and onnxruntime when a bundle is loaded), never torch,
 can run it without PyTorch installed.
 """
 
-from onnx_pipeline.runtime.bundle import Bundle, ClassScore, ModelEntry, Prediction, verify_files
-from onnx_pipeline.runtime.preprocess import PreprocessSpec, load_batch, load_image, preprocess_image
+from onnx_pipeline.imagespec import PreprocessSpec
+from onnx_pipeline.runtime.bundle import Bundle, ClassScore, ModelEntry, Prediction
+from onnx_pipeline.runtime.preprocess import load_batch, load_image, preprocess_image
 from onnx_pipeline.runtime.session import SessionSettings
 
 __all__ = [
@@ -18,5 +19,4 @@ __all__ = [
     "load_batch",
     "load_image",
     "preprocess_image",
-    "verify_files",
 ]

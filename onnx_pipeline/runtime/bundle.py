@@ -1,36 +1,29 @@
-"""Load a bundle (or a run folder), check its hashes, and classify images with onnxruntime.
+"""Load a bundle (or a run folder), check it, and classify images with onnxruntime.
 
-Device-side code: onnxruntime, numpy and Pillow only, never torch. A bundle folder holds
-``manifest.json`` with ``files`` ({relative path: sha256}), ``models`` (list of
-``{"file", "precision", ...}``), ``inputs``/``outputs``, ``preprocessing``, ``labels`` and
-``execution_providers``. A run folder (``docs/run-folder.md``) names one ``model_file`` instead.
+Device-side code: onnxruntime, numpy and Pillow only, never torch. The folder is read through
+``onnx_pipeline.manifest`` (validated fields, every path inside the folder, every file hashed), the
+same check ``onnx-pipeline verify`` makes, so both agree on what a valid bundle is.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.errors import BundleError, InputError
-from onnx_pipeline.files import sha256_file
-from onnx_pipeline.runtime.preprocess import PreprocessSpec, load_image, preprocess_image
-from onnx_pipeline.runtime.session import (
-    ProviderSpec,
-    SessionSettings,
-    create_session,
-    parse_providers,
-    select_providers,
-)
+from onnx_pipeline.errors import BundleError, InputError, first_line
+from onnx_pipeline.files import to_jsonable
+from onnx_pipeline.imagespec import PreprocessSpec
+from onnx_pipeline.manifest import MANIFEST, BundleManifest, ModelRecord, RunManifest, read_manifest
+from onnx_pipeline.runtime.preprocess import load_image, preprocess_image
+from onnx_pipeline.runtime.session import CPU_PROVIDER, ProviderSpec, SessionSettings, create_session, parse_providers
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -40,25 +33,8 @@ _ORT_DTYPES = {
 }
 
 ImageSource = str | Path | bytes | Any  # Any: a Pillow image
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model file of a bundle: its path (relative to the bundle), precision and extra files.
-
-    ``info`` is the manifest's entry as written (e.g. ``kind``, ``optimization_level``, ``fidelity``).
-    """
-
-    file: str
-    precision: str = "fp32"
-    format: str = "onnx"
-    external_data: tuple[str, ...] = ()
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """Short name for tables: the precision, plus the format when it is not plain ONNX."""
-        return self.precision if self.format == "onnx" else f"{self.precision} ({self.format})"
+#: kept for callers of the first API: a bundle's model entry is the manifest's ``ModelRecord``
+ModelEntry = ModelRecord
 
 
 @dataclass(frozen=True)
@@ -71,7 +47,7 @@ class ClassScore:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"class_id": self.class_id, "class_name": self.class_name, "probability": self.probability}
+        return to_jsonable(self)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -89,100 +65,18 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"source", "class_id", "class_name", "probability", "top_k": [...]}``."""
-        return {
-            "source": self.source,
-            "class_id": self.class_id,
-            "class_name": self.class_name,
-            "probability": self.probability,
-            "top_k": [entry.to_dict() for entry in self.top_k],
-        }
+        return to_jsonable(self)  # type: ignore[no-any-return]
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """Read ``root/manifest.json``; a missing or unreadable one is an ``InputError`` saying what to give."""
-    path = root / MANIFEST
-    if not path.is_file():
-        raise InputError(
-            f"{root} has no {MANIFEST}: give a bundle folder (DIR/bundles/TARGET) or a run folder "
-            "written by `onnx-pipeline export`"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}): rebuild the bundle") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path} is not a JSON object: rebuild the bundle")
-    return manifest
+def model_entries(manifest: RunManifest | BundleManifest) -> list[ModelRecord]:
+    """The models a manifest describes: a bundle's ``models``, or a run folder's one model."""
+    if isinstance(manifest, BundleManifest):
+        return list(manifest.models)
+    external = (manifest.external_data,) if manifest.external_data else ()
+    return [ModelRecord(file=manifest.model_file, kind="fp32", precision="fp32", external_data=external)]
 
 
-def _safe_relative(root: Path, rel: str) -> Path:
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise BundleError(f"{MANIFEST} lists {rel!r}, which is not a path inside the bundle: rebuild the bundle")
-    return root.joinpath(*pure.parts)
-
-
-def verify_files(root: Path, files: Mapping[str, str]) -> None:
-    """Check every listed file against its sha256; raise one ``BundleError`` naming every bad file."""
-    problems: list[str] = []
-    for rel, expected in files.items():
-        path = _safe_relative(root, rel)
-        if not path.is_file():
-            problems.append(f"{rel} is missing")
-            continue
-        actual = sha256_file(path)
-        if actual != str(expected).lower():
-            problems.append(
-                f"{rel} does not match its sha256 (modified or truncated: {actual[:12]}… ≠ {str(expected)[:12]}…)"
-            )
-    if problems:
-        raise BundleError(
-            f"{root} fails its integrity check: " + "; ".join(problems) + ". Copy the bundle again or rebuild it"
-        )
-
-
-def manifest_files(root: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
-    """The manifest's ``files`` ({relative path: sha256}); a missing or empty list is a ``BundleError``."""
-    files = manifest.get("files")
-    if not isinstance(files, Mapping) or not files:
-        raise BundleError(f"{root / MANIFEST} lists no file hashes ('files'): rebuild the bundle")
-    return {str(k): str(v) for k, v in files.items()}
-
-
-def model_entries(manifest: Mapping[str, Any]) -> list[ModelEntry]:
-    """The models a manifest describes: a bundle's ``models`` list, or a run folder's ``model_file``."""
-    models = manifest.get("models")
-    if models is not None:
-        if not isinstance(models, list) or not models:
-            raise BundleError(f"{MANIFEST} has an empty or invalid 'models' list: rebuild the bundle")
-        entries = []
-        for item in models:
-            if isinstance(item, str):
-                item = {"file": item}
-            if not isinstance(item, Mapping) or not isinstance(item.get("file"), str):
-                raise BundleError(f"{MANIFEST} has a model entry without 'file': {item!r}")
-            file = item["file"]
-            fmt = str(item.get("format") or ("ort" if file.endswith(".ort") else "onnx"))
-            external = item.get("external_data") or ()
-            external = (external,) if isinstance(external, str) else tuple(str(e) for e in external)
-            entries.append(
-                ModelEntry(
-                    file=file,
-                    precision=str(item.get("precision") or "fp32"),
-                    format=fmt,
-                    external_data=external,
-                    info=dict(item),
-                )
-            )
-        return entries
-    model_file = manifest.get("model_file")
-    if isinstance(model_file, str):
-        external = manifest.get("external_data")
-        return [ModelEntry(file=model_file, external_data=(external,) if isinstance(external, str) else ())]
-    raise BundleError(f"{MANIFEST} names no model ('models' or 'model_file'): rebuild the bundle")
-
-
-def choose_model(entries: Sequence[ModelEntry], wanted: str | None, default: str | None = None) -> ModelEntry:
+def choose_model(entries: Sequence[ModelRecord], wanted: str | None, default: str | None = None) -> ModelRecord:
     """Pick a model by file name, precision (``int8``) or kind (``int8-qdq``).
 
     Without ``wanted``: the manifest's ``default_model``, else the fp32 ONNX model, else the first.
@@ -197,7 +91,7 @@ def choose_model(entries: Sequence[ModelEntry], wanted: str | None, default: str
     for entry in entries:
         if wanted in (entry.file, PurePosixPath(entry.file).name):
             return entry
-    matches = [e for e in entries if wanted in (e.precision, e.format, e.label, e.info.get("kind"))]
+    matches = [e for e in entries if wanted in (e.precision, e.format, e.label, e.kind)]
     if matches:
         # "fp32" may name both the .onnx and the .ort file: prefer plain ONNX.
         return next((e for e in matches if e.format == "onnx"), matches[0])
@@ -215,13 +109,6 @@ def _looks_like_probabilities(values: np.ndarray) -> bool:
     return bool(np.all(values >= 0.0) and np.all(values <= 1.0) and np.allclose(values.sum(axis=1), 1.0, atol=1e-3))
 
 
-def _label_text(label: Any) -> str:
-    # Tolerate the seed's imagenet_class_index style ["n01440764", "tench"]: keep the readable name.
-    if isinstance(label, (list, tuple)) and label:
-        return str(label[-1])
-    return str(label)
-
-
 class Bundle:
     """A loaded bundle or run folder with a ready onnxruntime session for one of its models.
 
@@ -231,33 +118,29 @@ class Bundle:
 
     def __init__(
         self,
-        root: Path,
-        manifest: dict[str, Any],
-        model: ModelEntry,
-        models: tuple[ModelEntry, ...],
+        manifest: RunManifest | BundleManifest,
+        model: ModelRecord,
         session: Any,
         requested_providers: tuple[ProviderSpec, ...],
         settings: SessionSettings,
     ) -> None:
-        self.root = root
+        assert manifest.root is not None
+        self.root: Path = manifest.root
         self.manifest = manifest
         self.model = model
-        self.models = models
+        self.models: tuple[ModelRecord, ...] = tuple(model_entries(manifest))
         self.session = session
         self.requested_providers = requested_providers
         self.settings = settings
         self.providers: tuple[str, ...] = tuple(session.get_providers())
-        raw_pre = manifest.get("preprocessing")
-        self.preprocessing: PreprocessSpec | None = PreprocessSpec.from_dict(raw_pre) if raw_pre else None
-        labels = manifest.get("labels")
-        self.labels: tuple[str, ...] | None = tuple(_label_text(x) for x in labels) if labels else None
+        self.preprocessing: PreprocessSpec | None = manifest.preprocessing
+        self.labels: tuple[str, ...] | None = manifest.labels
         session_input = session.get_inputs()[0]
         self.input_name: str = session_input.name
         self.input_shape: tuple[int | str | None, ...] = tuple(session_input.shape)
         self.input_dtype = np.dtype(_ORT_DTYPES.get(session_input.type, np.float32))
         self.output_name: str = session.get_outputs()[0].name
         self._check_input_fits()
-        self._output_kind = self._declared_output_kind()
 
     @classmethod
     def load(
@@ -269,16 +152,14 @@ class Bundle:
         verify: bool = True,
         settings: SessionSettings | None = None,
     ) -> Bundle:
-        """Load a bundle or run folder: check hashes, pick a model, open an onnxruntime session.
+        """Load a bundle or run folder: validate its manifest, check hashes, pick a model, open a session.
 
         ``providers`` overrides the manifest's execution providers (names or ``(name, options)``);
         those this onnxruntime lacks are dropped with a warning. ``model`` is a precision
         (``"int8"``) or a file name; by default the manifest's ``default_model``, else fp32.
         ``settings`` overrides the manifest's ``session_options``. ``verify=False`` skips the
-        hash check (for a caller that has just done it).
+        hash check (for a caller that has just done it); the manifest is validated either way.
         """
-        import onnxruntime as ort
-
         root = Path(path)
         if root.is_file():
             if root.name == MANIFEST:
@@ -287,23 +168,19 @@ class Bundle:
                 raise InputError(f"{root} is a file: give the folder that holds {MANIFEST} (a bundle or run folder)")
         elif not root.exists():
             raise InputError(f"{root} does not exist: give a bundle folder (DIR/bundles/TARGET) or a run folder")
-        manifest = read_manifest(root)
-        files = manifest_files(root, manifest)
+        manifest = read_manifest(root, check=verify)
         entries = model_entries(manifest)
-        default = manifest.get("default_model")
-        chosen = choose_model(entries, model, default if isinstance(default, str) else None)
-        for needed in (chosen.file, *chosen.external_data):
-            if needed not in files:
-                raise BundleError(f"{needed} is not listed in {MANIFEST} 'files', so it cannot be verified")
-        if verify:
-            verify_files(root, files)
-        requested = parse_providers(providers if providers is not None else manifest.get("execution_providers"))
-        selected = select_providers(requested, ort.get_available_providers())
-        if settings is None:
-            settings = SessionSettings.from_dict(manifest.get("session_options") or manifest.get("session"))
-        model_path = _safe_relative(root, chosen.file)
-        session = create_session(str(model_path), selected, settings)
-        bundle = cls(root, manifest, chosen, tuple(entries), session, tuple(requested), settings)
+        default = manifest.default_model if isinstance(manifest, BundleManifest) else None
+        chosen = choose_model(entries, model, default)
+        if isinstance(manifest, BundleManifest):
+            requested = parse_providers(providers if providers is not None else list(manifest.execution_providers))
+            settings = settings or SessionSettings.from_dict(manifest.session_options)
+        else:
+            requested = parse_providers(providers) if providers is not None else [(CPU_PROVIDER, {})]
+            settings = settings or SessionSettings()
+        model_path = manifest.path(chosen.file, what="the model")
+        session = create_session(model_path, providers=requested, settings=settings, error=BundleError)
+        bundle = cls(manifest, chosen, session, tuple(requested), settings)
         logger.info("loaded %s (%s) with providers %s", model_path, chosen.label, list(bundle.providers))
         return bundle
 
@@ -324,16 +201,6 @@ class Bundle:
                     "not match the model; rebuild the bundle"
                 )
 
-    def _declared_output_kind(self) -> str | None:
-        outputs = self.manifest.get("outputs")
-        candidates: list[Any] = [self.model.info.get("output_kind"), self.manifest.get("output_kind")]
-        if isinstance(outputs, list) and outputs and isinstance(outputs[0], Mapping):
-            candidates.append(outputs[0].get("kind"))
-        for kind in candidates:
-            if kind in ("logits", "probabilities"):
-                return str(kind)
-        return None
-
     @property
     def static_batch(self) -> int | None:
         """The model's fixed batch size, or ``None`` for a dynamic batch axis."""
@@ -347,8 +214,9 @@ class Bundle:
         try:
             outputs = self.session.run([self.output_name], {self.input_name: feed})
         except Exception as exc:  # onnxruntime raises untyped exceptions
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"onnxruntime could not run {self.model.file} on shape {feed.shape}: {message}") from exc
+            raise InputError(
+                f"onnxruntime could not run {self.model.file} on shape {feed.shape}: {first_line(exc)}"
+            ) from None
         return np.asarray(outputs[0])
 
     def _run_chunked(self, batch: np.ndarray, batch_size: int | None) -> np.ndarray:
@@ -376,8 +244,7 @@ class Bundle:
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Turn model outputs (N, classes) into probabilities: softmax, unless they already are."""
         values = outputs.astype(np.float64).reshape(len(outputs), -1)
-        kind = self._output_kind
-        if kind == "probabilities" or (kind is None and _looks_like_probabilities(values)):
+        if _looks_like_probabilities(values):
             return values
         return _softmax(values)
 
@@ -421,7 +288,7 @@ class Bundle:
             "precision": self.model.precision,
             "providers_requested": [name for name, _ in self.requested_providers],
             "providers": list(self.providers),
-            "session_options": self.settings.to_dict(),
+            "session_options": to_jsonable(self.settings),
             "input": {"name": self.input_name, "shape": list(self.input_shape), "dtype": str(self.input_dtype)},
         }
 

@@ -8,80 +8,18 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnx_pipeline.errors import InputError
+from onnx_pipeline.imagespec import RESAMPLE as _RESAMPLE
+from onnx_pipeline.imagespec import PreprocessSpec
 
 # Refuse images above this many pixels (Pillow's own bomb limit is ~89 MP; we raise, not warn).
 MAX_IMAGE_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """What turns an image file into the model's input tensor (one sample, NCHW without N).
-
-    Mirrors torchvision's ``ImageClassification`` preset: resize the shorter side to
-    ``resize`` (bilinear, Pillow's antialiasing), center-crop ``crop``, scale to [0, 1],
-    normalise with ``mean``/``std``.
-    """
-
-    resize: int = 256
-    crop: tuple[int, int] = (224, 224)
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    color: str = "RGB"  # "RGB" or "L"
-    layout: str = "NCHW"
-    interpolation: str = "bilinear"
-    scale: float = 1.0 / 255.0
-    dtype: str = "float32"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, as stored under ``preprocessing`` in a manifest."""
-        data = asdict(self)
-        data["crop"] = list(self.crop)
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        """Read the manifest form back; unknown keys are refused with their names."""
-        if not isinstance(data, dict):
-            raise InputError(f"preprocessing must be a JSON object, not {type(data).__name__}")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise InputError(
-                f"unknown preprocessing keys {sorted(unknown)}: the manifest was written by another version"
-            )
-        values = dict(data)
-        if "crop" in values:
-            crop = values["crop"]
-            values["crop"] = (int(crop), int(crop)) if isinstance(crop, int) else tuple(int(c) for c in crop)
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
-        return cls(**values)
-
-    @property
-    def channels(self) -> int:
-        """Number of colour channels of the model input."""
-        return 1 if self.color == "L" else 3
-
-    def input_range(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (low, high) of a preprocessed pixel: where real inputs live."""
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        return (0.0 - mean) / std, (1.0 - mean) / std
-
-
-_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 
 
 def load_image(source: Path | str | bytes | bytearray, *, color: str = "RGB") -> Any:

@@ -1,5 +1,9 @@
-"""onnxruntime session settings and execution-provider selection, shared by the runtime and bench.
+"""The one way onnx-pipeline opens an onnxruntime session, and the settings and providers it takes.
 
+Shared by the edge runtime, the builders, verify and bench: ``create_session`` takes a model (a
+path or serialised bytes), execution providers, ``SessionSettings`` and the few special modes the
+pipeline needs (QDQ kept as float arithmetic, initializers handed over in memory, the optimised
+model written to disk), and turns onnxruntime's failure into a one-line ``PipelineError``.
 onnxruntime is imported inside the functions that need it, so importing this module is cheap.
 """
 
@@ -8,21 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from onnx_pipeline.errors import BundleError, InputError
+from onnx_pipeline.errors import BundleError, InputError, PipelineError, first_line
+from onnx_pipeline.targets import OPTIMIZATION_LEVELS, normalise_optimization_level
 
 logger = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
-
-_OPT_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "layout": "ORT_ENABLE_LAYOUT",
-    "all": "ORT_ENABLE_ALL",
-}
 
 ProviderSpec = tuple[str, dict[str, Any]]
 
@@ -31,8 +29,9 @@ ProviderSpec = tuple[str, dict[str, Any]]
 class SessionSettings:
     """The onnxruntime ``SessionOptions`` we set, as plain data (stored in manifests and bench results).
 
-    ``intra_op_num_threads = 0`` lets onnxruntime choose (one thread per physical core).
-    ``config_entries`` go to ``add_session_config_entry`` (e.g. ``session.intra_op.allow_spinning``).
+    ``graph_optimization_level`` is one of ``targets.OPTIMIZATION_LEVELS``. ``intra_op_num_threads = 0``
+    lets onnxruntime choose (one thread per physical core). ``config_entries`` go to
+    ``add_session_config_entry`` (e.g. ``session.intra_op.allow_spinning``).
     """
 
     graph_optimization_level: str = "all"
@@ -40,14 +39,21 @@ class SessionSettings:
     inter_op_num_threads: int = 0
     enable_cpu_mem_arena: bool = True
     enable_mem_pattern: bool = True
-    config_entries: dict[str, str] = field(default_factory=dict)
+    config_entries: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        level = self.graph_optimization_level
-        if level not in _OPT_LEVELS and level not in _OPT_LEVELS.values():
-            raise InputError(f"unknown graph_optimization_level {level!r}: use one of {sorted(_OPT_LEVELS)}")
-        if self.intra_op_num_threads < 0 or self.inter_op_num_threads < 0:
-            raise InputError("thread counts must be >= 0 (0 lets onnxruntime choose)")
+        level = normalise_optimization_level(str(self.graph_optimization_level))
+        if level is None:
+            raise InputError(
+                f"unknown graph_optimization_level {self.graph_optimization_level!r}: "
+                f"use one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        object.__setattr__(self, "graph_optimization_level", level)
+        for name in ("intra_op_num_threads", "inter_op_num_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"{name} must be an integer >= 0 (0 lets onnxruntime choose), got {value!r}")
+        object.__setattr__(self, "config_entries", {str(k): str(v) for k, v in dict(self.config_entries).items()})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SessionSettings:
@@ -55,40 +61,30 @@ class SessionSettings:
         if not data:
             return cls()
         if not isinstance(data, Mapping):
-            raise BundleError(f"session_options must be a JSON object, not {type(data).__name__}")
+            raise InputError(f"session_options must be a JSON object, not {type(data).__name__}: rebuild the bundle")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
             # e.g. offline_optimization (build-side) or a newer version's option: running without it is safe.
             logger.debug("ignoring session options %s", unknown)
         values = {k: v for k, v in data.items() if k in known}
-        level = values.get("graph_optimization_level")
-        if isinstance(level, str):
-            values["graph_optimization_level"] = _normalise_level(level)
-        if "config_entries" in values:
-            values["config_entries"] = {str(k): str(v) for k, v in dict(values["config_entries"]).items()}
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "graph_optimization_level": self.graph_optimization_level,
-            "intra_op_num_threads": self.intra_op_num_threads,
-            "inter_op_num_threads": self.inter_op_num_threads,
-            "enable_cpu_mem_arena": self.enable_cpu_mem_arena,
-            "enable_mem_pattern": self.enable_mem_pattern,
-            "config_entries": dict(self.config_entries),
-        }
+        entries = values.get("config_entries")
+        if entries is not None and not isinstance(entries, Mapping):
+            raise InputError("session_options.config_entries must be a JSON object: rebuild the bundle")
+        for key in ("enable_cpu_mem_arena", "enable_mem_pattern"):
+            if key in values and not isinstance(values[key], bool):
+                raise InputError(f"session_options.{key} must be true or false: rebuild the bundle")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise InputError(f"session_options are malformed ({first_line(exc)}): rebuild the bundle") from None
 
     def build(self) -> Any:
         """Make an ``onnxruntime.SessionOptions``."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        level = _OPT_LEVELS.get(self.graph_optimization_level, self.graph_optimization_level)
-        if not hasattr(ort.GraphOptimizationLevel, level):  # ORT_ENABLE_LAYOUT is recent
-            level = "ORT_ENABLE_ALL"
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        options.graph_optimization_level = optimization_level(self.graph_optimization_level)
         options.intra_op_num_threads = self.intra_op_num_threads
         options.inter_op_num_threads = self.inter_op_num_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -100,15 +96,17 @@ class SessionSettings:
         return options
 
 
-_LEVEL_ALIASES = {"disabled": "disable", "none": "disable", "enable_all": "all"}
+def optimization_level(name: str) -> Any:
+    """onnxruntime's ``GraphOptimizationLevel`` member for a level name of ``targets.OPTIMIZATION_LEVELS``."""
+    import onnxruntime as ort
 
-
-def _normalise_level(level: str) -> str:
-    lowered = _LEVEL_ALIASES.get(level.lower(), level.lower())
-    for short, long in _OPT_LEVELS.items():
-        if lowered in (short, long.lower()):
-            return short
-    return level  # __post_init__ refuses it with the list of valid names
+    canonical = normalise_optimization_level(name)
+    if canonical is None:
+        raise InputError(f"unknown graph optimization level {name!r}: use one of {', '.join(OPTIMIZATION_LEVELS)}")
+    member = OPTIMIZATION_LEVELS[canonical]
+    if not hasattr(ort.GraphOptimizationLevel, member):  # ORT_ENABLE_LAYOUT is recent
+        member = "ORT_ENABLE_ALL"
+    return getattr(ort.GraphOptimizationLevel, member)
 
 
 def parse_providers(entries: Any) -> list[ProviderSpec]:
@@ -118,17 +116,23 @@ def parse_providers(entries: Any) -> list[ProviderSpec]:
     if isinstance(entries, str):
         entries = [entries]
     if not isinstance(entries, Sequence):
-        raise BundleError(f"execution_providers must be a list, not {type(entries).__name__}")
+        raise InputError(f"execution_providers must be a list, not {type(entries).__name__}")
     parsed: list[ProviderSpec] = []
     for entry in entries:
         if isinstance(entry, str):
             parsed.append((entry, {}))
         elif isinstance(entry, Sequence) and len(entry) == 2 and isinstance(entry[0], str):
-            parsed.append((entry[0], dict(entry[1] or {})))
+            options = entry[1] or {}
+            if not isinstance(options, Mapping):
+                raise InputError(f"the options of execution provider {entry[0]!r} must be an object")
+            parsed.append((entry[0], dict(options)))
         elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
-            parsed.append((entry["name"], dict(entry.get("options") or {})))
+            options = entry.get("options") or {}
+            if not isinstance(options, Mapping):
+                raise InputError(f"the options of execution provider {entry['name']!r} must be an object")
+            parsed.append((entry["name"], dict(options)))
         else:
-            raise BundleError(f"cannot read execution provider {entry!r}: give a name or [name, options]")
+            raise InputError(f"cannot read execution provider {entry!r}: give a name or [name, options]")
     return parsed
 
 
@@ -157,17 +161,54 @@ def _option_str(value: Any) -> str:
     return str(value)
 
 
-def create_session(model_path: str, providers: Sequence[ProviderSpec], settings: SessionSettings) -> Any:
-    """Create an ``onnxruntime.InferenceSession``, wrapping its failure in a ``BundleError``."""
+def create_session(
+    model: str | Path | bytes,
+    *,
+    providers: Sequence[ProviderSpec | str] | None = None,
+    settings: SessionSettings | None = None,
+    qdq_as_float: bool = False,
+    external_initializers: tuple[Sequence[str], Sequence[Any]] | None = None,
+    optimized_output: Path | None = None,
+    error: type[PipelineError] = BundleError,
+    what: str | None = None,
+) -> Any:
+    """Open an ``onnxruntime.InferenceSession``; onnxruntime's failure becomes one line of ``error``.
+
+    - ``providers``: names or ``(name, options)`` in order of preference (default: the CPU provider);
+      the ones this onnxruntime lacks are dropped with a warning.
+    - ``settings``: session options (default ``SessionSettings()``: level "all", onnxruntime's threads).
+    - ``qdq_as_float``: keep every QuantizeLinear/DequantizeLinear as written and run at the "basic"
+      level, so the session is the float simulation of the integer pipeline, not onnxruntime's int8
+      kernels (what the Vitis AI quantizer and the per-layer comparisons measure).
+    - ``external_initializers``: (names, arrays) handed to onnxruntime in memory for a model whose
+      large initializers are placeholders (``onnxfile.weightless``); the arrays must stay alive.
+    - ``optimized_output``: write the optimised graph there (ORT format when its suffix is ``.ort``).
+    """
     import onnxruntime as ort
 
+    settings = settings or SessionSettings()
+    options = settings.build()
+    if qdq_as_float:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        options.graph_optimization_level = optimization_level("basic")
+    if external_initializers is not None:
+        names, arrays = external_initializers
+        if names:
+            options.add_external_initializers(list(names), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+    if optimized_output is not None:
+        options.optimized_model_filepath = str(optimized_output)
+        if Path(optimized_output).suffix == ".ort":
+            options.add_session_config_entry("session.save_model_format", "ORT")
+    requested = parse_providers(providers) if providers is not None else [(CPU_PROVIDER, {})]
+    chosen = select_providers(requested, ort.get_available_providers())
+    source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(
-            model_path,
-            sess_options=settings.build(),
-            providers=[name for name, _ in providers],
-            provider_options=[options for _, options in providers],
+            source,
+            sess_options=options,
+            providers=[name for name, _ in chosen],
+            provider_options=[opts for _, opts in chosen],
         )
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"onnxruntime could not load {model_path}: {message}") from exc
+        name = what or ("the model" if isinstance(model, bytes) else Path(model).name)
+        raise error(f"onnxruntime cannot load {name}: {first_line(exc)}") from None

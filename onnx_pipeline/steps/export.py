@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnx_pipeline.config import PROTOBUF_LIMIT_BYTES, ExportConfig
+from onnx_pipeline.config import ExportConfig
 from onnx_pipeline.errors import ExportError
+from onnx_pipeline.onnxfile import PROTOBUF_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +127,7 @@ def export_model(module: Any, example: Any, path: Path, config: ExportConfig) ->
     import torch
 
     start = time.perf_counter()
-    external = (
-        config.external_data if config.external_data is not None else _param_bytes(module) > PROTOBUF_LIMIT_BYTES * 0.9
-    )
+    external = config.external_data if config.external_data is not None else _param_bytes(module) > PROTOBUF_LIMIT * 0.9
     order = [config.exporter]
     if config.fallback:
         order.append("torchscript" if config.exporter == "dynamo" else "dynamo")

@@ -23,7 +23,8 @@ import numpy as np
 
 from onnx_pipeline.config import Tolerances, VerifyConfig
 from onnx_pipeline.errors import InputError, VerificationError
-from onnx_pipeline.runtime.preprocess import PreprocessSpec, list_images, load_batch
+from onnx_pipeline.imagespec import PreprocessSpec
+from onnx_pipeline.runtime.preprocess import list_images, load_batch
 
 logger = logging.getLogger(__name__)
 

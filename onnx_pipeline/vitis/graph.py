@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.errors import BundleError
+from onnx_pipeline.onnxfile import PROTOBUF_LIMIT as _PROTOBUF_LIMIT
+from onnx_pipeline.onnxfile import topological_sort
 from onnx_pipeline.onnxfile import varint as _varint
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,6 @@ log = logging.getLogger(__name__)
 TARGET_OPSET = 17
 TARGET_IR_VERSION = 8  # the IR version that goes with opset 17
 _LARGE = 1024  # initializers with more elements than this live outside the skeleton
-_PROTOBUF_LIMIT = 2**31 - 1
 _SPATIAL_REDUCE = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
 
 
@@ -256,40 +257,6 @@ def _remove_unused_initializers(parts: ModelParts) -> None:
             parts.weights.pop(init.name, None)
     del graph.initializer[:]
     graph.initializer.extend(keep)
-
-
-def topological_sort(graph: Any) -> None:
-    """Order nodes so every input is produced before use (Kahn's algorithm, stable)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    producers: dict[str, int] = {}
-    for index, node in enumerate(graph.node):
-        for out in node.output:
-            producers[out] = index
-    nodes = list(graph.node)
-    waiting = {i: {t for t in n.input if t not in available and t in producers} for i, n in enumerate(nodes)}
-    consumers: dict[int, list[int]] = {}
-    for i, deps in waiting.items():
-        for t in deps:
-            consumers.setdefault(producers[t], []).append(i)
-    ready = [i for i, deps in waiting.items() if not deps]
-    order: list[int] = []
-    import heapq
-
-    heapq.heapify(ready)
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for j in consumers.get(i, []):
-            deps = waiting[j]
-            for t in nodes[i].output:
-                deps.discard(t)
-            if not deps and j not in order and j not in ready:
-                heapq.heappush(ready, j)
-    if len(order) != len(nodes):
-        raise BundleError("the graph has a cycle or a node whose input is never produced")
-    sorted_nodes = [nodes[i] for i in order]
-    del graph.node[:]
-    graph.node.extend(sorted_nodes)
 
 
 def infer_shapes(parts: ModelParts) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.errors import BundleError
+from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.vitis.graph import ModelParts, shapes, topological_sort, write_model, write_model_external
 
 log = logging.getLogger(__name__)
@@ -373,21 +374,6 @@ def _augment(parts: ModelParts, tensors: list[str]) -> Any:
     return model
 
 
-def _session(path: Path, *, qdq_as_float: bool = False) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if qdq_as_float:
-        # Keep every Q/DQ as written: the float simulation of the integer pipeline, not ORT's int8 kernels.
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise BundleError(f"onnxruntime cannot load {path.name}: {exc}") from None
-
-
 def quantize_xint8(
     parts: ModelParts,
     calibration: np.ndarray,
@@ -419,7 +405,7 @@ def quantize_xint8(
     stats_tensors = [t for t in plan.quantized if t in plan.own and t != input_name]
     calib_path = scratch_dir / "calibration_model.onnx"
     write_model_external(_augment(parts, stats_tensors), parts.weights, calib_path)
-    session = _session(calib_path)
+    session = create_session(calib_path, what="the calibration model")
     hists = {t: Histogram() for t in plan.quantized if t in plan.own}
     output_names = tuple(o.name for o in parts.skeleton.graph.output)
     for sample in calibration:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from onnx_pipeline.vitis.dpu import DpuSpec
+from onnx_pipeline.targets import DpuSpec
 from onnx_pipeline.vitis.graph import shapes
 
 DPU, CPU = "DPU", "CPU"

@@ -1,4 +1,4 @@
-"""Static int8 QDQ quantization, with a fast min/max calibration.
+"""``int8-qdq``: ``model.int8.onnx``, static int8 QDQ with a fast min/max calibration.
 
 onnxruntime's stock flow (``quant_pre_process`` then ``quantize_static``) saves the model several
 times (pre-processed, shape-inferred, augmented with ReduceMin/ReduceMax outputs) and runs the
@@ -21,10 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.onnxfile import model_skeleton
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext
+from onnx_pipeline.onnxfile import weightless_copy
+from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import QuantizationSpec
 
 log = logging.getLogger(__name__)
+
+KIND = "int8-qdq"
+PRECISION = "int8"
+ORDER = 30
+REQUIRES: tuple[str, ...] = ("quantization",)
+NEEDS: tuple[str, ...] = ()
+CALIBRATED = True
+REWRITES_OPSET = False
+DEFAULT_RANK: int | None = 10
+FILE = "model.int8.onnx"
 
 #: samples per calibration run: bounds memory (VGG16: ~0.1 GB of activations per sample)
 CALIBRATION_BATCH = 16
@@ -80,48 +92,6 @@ def _tensors_to_calibrate(model: Any, op_types: list[str]) -> list[str]:
     return names
 
 
-#: initializers at least this large are handed to onnxruntime as OrtValues instead of being serialized
-_EXTERNAL_MIN_ELEMENTS = 1024
-
-
-def weightless_copy(model: Any) -> tuple[Any, list[str], list[np.ndarray]]:
-    """A copy of ``model`` whose large initializers are external-data placeholders, and those initializers.
-
-    The weights are not copied: the returned arrays view the model's buffers. Pass them to
-    ``SessionOptions.add_external_initializers`` to run the copy, or use the copy where only the
-    graph matters (shape inference). This avoids serializing and re-parsing the weights (several
-    seconds for VGG16's 528 MB).
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    copy = model_skeleton(model)
-    graph, source = copy.graph, model.graph
-    names: list[str] = []
-    arrays: list[np.ndarray] = []
-    for init in source.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL or int(np.prod(init.dims)) < _EXTERNAL_MIN_ELEMENTS:
-            graph.initializer.append(init)
-            continue
-        placeholder = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
-        placeholder.data_location = onnx.TensorProto.EXTERNAL
-        placeholder.external_data.add(key="location", value="__onnx_pipeline_in_memory__")
-        graph.initializer.append(placeholder)
-        names.append(init.name)
-        arrays.append(np.ascontiguousarray(numpy_helper.to_array(init)))
-    return copy, names, arrays
-
-
-def infer_shapes(model: Any) -> None:
-    """Run ONNX shape inference on ``model`` in place, on a weightless copy (the weights are not serialized)."""
-    import onnx
-
-    skeleton, _, _ = weightless_copy(model)
-    inferred = onnx.shape_inference.infer_shapes(skeleton)
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-
-
 def _augmented(model: Any, tensors: list[str]) -> tuple[Any, list[str], list[np.ndarray]]:
     """A weightless copy of ``model`` with each tensor's global min and max as extra (scalar) outputs."""
     import onnx
@@ -146,17 +116,17 @@ def _batches(samples: np.ndarray, batch: int) -> Iterator[np.ndarray]:
 
 def calibrate_minmax(model: Any, input_name: str, samples: np.ndarray, *, dynamic_batch: bool) -> dict[str, Any]:
     """Min/max of every tensor to calibrate over ``samples``, in as few onnxruntime runs as memory allows."""
-    import onnxruntime as ort
+    from onnx_pipeline.runtime.session import SessionSettings
 
     tensors = _tensors_to_calibrate(model, _op_types_to_quantize())
     augmented, names, arrays = _augmented(model, tensors)
-    options = ort.SessionOptions()
     # Basic rewrites only: fusions (Conv+Relu) would hide the tensors being measured.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    ort_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]  # views of ``arrays``: keep both alive
-    if names:
-        options.add_external_initializers(names, ort_values)
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = create_session(
+        augmented.SerializeToString(),
+        settings=SessionSettings(graph_optimization_level="basic"),
+        external_initializers=(names, arrays),
+        what="the calibration model",
+    )
     del augmented
     outputs = [f"__calib_{i}_{op}" for i in range(len(tensors)) for op in ("ReduceMin", "ReduceMax")]
     lows = np.full(len(tensors), np.inf, dtype=np.float32)
@@ -311,3 +281,27 @@ def _quantize_stock(
         settings=settings,
     )
     return quantized, result
+
+
+def build(ctx: BuildContext) -> ArtifactResult:
+    import onnx
+
+    spec = ctx.target.quantization
+    assert spec is not None and ctx.data.calibration is not None
+    quantized, result = quantize_qdq(
+        ctx.model, ctx.model.graph.input[0].name, ctx.data.calibration, spec, dynamic_batch=ctx.dynamic_batch
+    )
+    onnx.save(quantized, str(ctx.out / FILE))
+    model = ctx.check(FILE, KIND, PRECISION)
+    section = {"file": FILE, **result.settings, "quantized_tensors": result.quantized_nodes}
+    synthetic = bool(ctx.data.calibration_info and ctx.data.calibration_info.get("synthetic"))
+    return ArtifactResult(
+        kind=KIND,
+        models=(model,),
+        section=section,
+        timings={"calibrate": result.seconds_calibrate, "quantize": result.seconds_quantize},
+        readme=(
+            f"- `{FILE}`: int8 static QDQ, per-channel weights"
+            + (" — **calibrated on SYNTHETIC data; rebuild with calibration images**" if synthetic else ""),
+        ),
+    )

@@ -1,166 +1,45 @@
-"""Hardware targets: one TOML file per target in ``hardware/``, validated into a frozen ``HardwareTarget``.
+"""Reading and validating target profiles: TOML into ``HardwareTarget``, unknown keys refused.
 
-This module is the only reader of ``hardware/``. Steps read a target's fields and dispatch on its
-artifact kinds (``"fp32-optimized"``, ``"ort"``, ``"int8-qdq"``, ``"fp16"``, ``"triton"``,
-``"vitis-ai"``); nothing branches on a target's name. Unknown keys are refused with the key and the
-file named, so a typo in a profile never silently falls back to a default.
-
-The folder is looked up inside the installed package first (the wheel maps ``hardware/`` to
-``onnx_pipeline/hardware/``), then at the root of a source checkout.
+This module is the only reader of ``hardware/``. The folder is looked up inside the installed
+package first (the wheel maps ``hardware/`` to ``onnx_pipeline/hardware/``), then at the root of a
+source checkout. Artifact kinds are checked against the builders by ``artifacts.builders_for``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from onnx_pipeline.errors import TargetError
+from onnx_pipeline.targets.types import (
+    ARCH_JSON_TEMPLATE,
+    CALIBRATION_METHODS,
+    FLOWS,
+    OPTIMIZATION_LEVELS,
+    PRECISIONS,
+    QUANT_TYPES,
+    SUPPORTED_OPSETS,
+    DpuSpec,
+    ExecutionProvider,
+    FidelityThresholds,
+    Fp16Spec,
+    HardwareTarget,
+    OpsetRange,
+    QuantizationSpec,
+    SessionSpec,
+    TritonSpec,
+)
 
 log = logging.getLogger(__name__)
 
-ArtifactKind = Literal["fp32-optimized", "ort", "int8-qdq", "fp16", "triton", "vitis-ai"]
-Precision = Literal["fp32", "fp16", "int8"]
-OptimizationLevel = Literal["disabled", "basic", "extended", "all"]
-
-ARTIFACT_KINDS: tuple[str, ...] = ("fp32-optimized", "ort", "int8-qdq", "fp16", "triton", "vitis-ai")
-#: the precision of the model each artifact kind carries ("triton" serves the fp16 model; "vitis-ai" is int8)
-ARTIFACT_PRECISION: Mapping[str, str] = MappingProxyType(
-    {"fp32-optimized": "fp32", "ort": "fp32", "int8-qdq": "int8", "fp16": "fp16", "triton": "fp16", "vitis-ai": "int8"}
-)
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-OPTIMIZATION_LEVELS: tuple[str, ...] = ("disabled", "basic", "extended", "all")
-QUANT_TYPES: tuple[str, ...] = ("int8", "uint8")
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
-#: the opset range onnx-pipeline can export (see config.PipelineConfig)
-SUPPORTED_OPSETS = (13, 23)
-
-
-@dataclass(frozen=True)
-class ExecutionProvider:
-    """One onnxruntime execution provider, with the options passed to it at session creation."""
-
-    name: str
-    options: Mapping[str, str | int | float | bool] = field(default_factory=lambda: MappingProxyType({}))
-
-    def as_ort(self) -> tuple[str, dict[str, str]]:
-        """The (name, options) pair onnxruntime's ``InferenceSession(providers=...)`` takes (values as strings)."""
-        return self.name, {k: _ort_option(v) for k, v in self.options.items()}
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    """onnxruntime session settings: the level used on the device, and the level applied offline."""
-
-    #: level the device's session runs at when it loads the bundle's models
-    graph_optimization_level: OptimizationLevel = "all"
-    #: level applied when the bundle's "fp32-optimized" and "ort" models are written; above "basic" the
-    #: result is specific to the execution provider (and "all" to the CPU's instruction set)
-    offline_optimization: OptimizationLevel = "extended"
-    intra_op_num_threads: int = 0
-    #: ``SessionOptions.add_session_config_entry`` pairs
-    config_entries: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-
-@dataclass(frozen=True)
-class OpsetRange:
-    """The ONNX opsets the target's runtime accepts (inclusive)."""
-
-    min: int
-    max: int
-
-    def __contains__(self, opset: object) -> bool:
-        return isinstance(opset, int) and self.min <= opset <= self.max
-
-
-@dataclass(frozen=True)
-class FidelityThresholds:
-    """Minimum agreement of a bundle model with the fp32 reference on held-out inputs."""
-
-    min_cosine: float
-    min_sqnr_db: float
-    min_top1_agreement: float
-    min_top5_agreement: float
-
-
-@dataclass(frozen=True)
-class QuantizationSpec:
-    """Static int8 QDQ quantization settings (onnxruntime.quantization)."""
-
-    per_channel: bool = True
-    reduce_range: bool = False
-    activation_type: str = "uint8"
-    weight_type: str = "int8"
-    calibration_method: str = "minmax"
-    #: activations quantized symmetrically (zero point 0), as some accelerators require
-    symmetric_activations: bool = False
-    #: most calibration images used (the rest of a folder is held out for the fidelity check)
-    max_calibration_samples: int = 64
-
-
-@dataclass(frozen=True)
-class Fp16Spec:
-    """fp32 → fp16 conversion settings (onnxruntime.transformers.float16)."""
-
-    keep_io_types: bool = True
-    #: ops kept in fp32 because fp16 overflows or loses too much in them
-    op_block_list: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TritonSpec:
-    """How the Triton model repository is written."""
-
-    #: largest batch Triton forms; ignored (0 is written) for static-batch models
-    max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_microseconds: int = 100
-    instance_count: int = 1
-    instance_kind: str = "KIND_GPU"
-    #: "tensorrt" adds the TensorRT accelerator to the ONNX Runtime backend; "" adds none
-    accelerator: str = "tensorrt"
-    precision_mode: str = "FP16"
-
-
-@dataclass(frozen=True)
-class HardwareTarget:
-    """A hardware target, as read from its TOML profile."""
-
-    name: str
-    description: str
-    source: Path
-    execution_providers: tuple[ExecutionProvider, ...]
-    session: SessionSpec
-    precisions: tuple[str, ...]
-    opset: OpsetRange
-    batch: Literal["static", "dynamic"]
-    artifacts: tuple[str, ...]
-    fidelity: Mapping[str, FidelityThresholds]
-    quantization: QuantizationSpec | None = None
-    fp16: Fp16Spec | None = None
-    triton: TritonSpec | None = None
-    #: ``onnx_pipeline.vitis.dpu.DpuSpec`` when the profile has a ``[dpu]`` table
-    dpu: Any = None
-    references: tuple[str, ...] = ()
-
-    @property
-    def providers(self) -> list[tuple[str, dict[str, str]]]:
-        """Execution providers in onnxruntime's ``providers=`` form, in order of preference."""
-        return [ep.as_ort() for ep in self.execution_providers]
-
-    def pipeline_defaults(self) -> dict[str, dict[str, Any]]:
-        """The target's layer for ``config.resolve_pipeline_config`` (batch mode; opset where fixed)."""
-        export: dict[str, Any] = {"dynamic_batch": self.batch == "dynamic"}
-        if self.opset.min == self.opset.max:
-            export["opset"] = self.opset.min
-        return {"export": export}
-
-
-# --- finding and listing profiles -------------------------------------------------------------
+#: a target name becomes a folder name (RUN/bundles/NAME): letters, digits, '-', '_', '.', no leading dot
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ARTIFACT_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def hardware_dirs() -> list[Path]:
@@ -174,7 +53,7 @@ def hardware_dirs() -> list[Path]:
             dirs.append(packaged)
     except (ModuleNotFoundError, TypeError, ValueError):  # pragma: no cover - unusual loaders
         pass
-    checkout = Path(__file__).resolve().parent.parent / "hardware"
+    checkout = Path(__file__).resolve().parents[2] / "hardware"
     if checkout.is_dir() and checkout not in dirs:
         dirs.append(checkout)
     return dirs
@@ -307,19 +186,20 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
     top = _Table(raw, "", source)
     top.refuse_unknown(_TOP_KEYS)
     name = top.get("name", str)
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
+    if not SAFE_NAME.match(name) or ".." in name:
         raise top.fail(
-            f"'name' must be a non-empty file-name-safe string (letters, digits, '-', '_', '.'), got {name!r}"
+            f"'name' becomes a folder name: use letters, digits, '-', '_' and '.', not starting with '.' and "
+            f"without '..' (at most 64 characters), got {name!r}"
         )
-    artifacts = top.get_list("artifacts", str, choices=ARTIFACT_KINDS)
+    artifacts = top.get_list("artifacts", str)
     if not artifacts:
         raise top.fail("'artifacts' must name at least one artifact kind")
+    bad = [a for a in artifacts if not _ARTIFACT_NAME.match(a)]
+    if bad:
+        raise top.fail(f"'artifacts' holds {bad[0]!r}: an artifact kind is lowercase words joined by '-'")
     if len(set(artifacts)) != len(artifacts):
         raise top.fail(f"'artifacts' lists a kind twice: {list(artifacts)}")
     precisions = top.get_list("precisions", str, choices=PRECISIONS)
-    for kind in artifacts:
-        if ARTIFACT_PRECISION[kind] not in precisions:
-            raise top.fail(f"artifact '{kind}' is {ARTIFACT_PRECISION[kind]} but 'precisions' is {list(precisions)}")
 
     providers = _parse_providers(top, source)
     session = _parse_session(top.table("session"))
@@ -328,19 +208,8 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
     quantization = _parse_quantization(top.table("quantization"))
     fp16 = _parse_fp16(top.table("fp16"))
     triton = _parse_triton(top.table("triton"))
-    dpu = None
     dpu_table = top.table("dpu")
-    if dpu_table is not None:
-        from onnx_pipeline.vitis.dpu import parse_dpu_table  # only Vitis AI profiles need it
-
-        dpu = parse_dpu_table(dict(dpu_table.data), source)
-
-    needs = {"int8-qdq": ("quantization", quantization), "triton": ("triton", triton), "vitis-ai": ("dpu", dpu)}
-    for kind, (table_name, value) in needs.items():
-        if kind in artifacts and value is None:
-            raise top.fail(f"artifact '{kind}' needs a [{table_name}] table")
-    if "triton" in artifacts and "fp16" not in artifacts:
-        raise top.fail("artifact 'triton' serves the fp16 model: add 'fp16' to 'artifacts'")
+    dpu = _parse_dpu_table(dict(dpu_table.data), source) if dpu_table is not None else None
 
     return HardwareTarget(
         name=name,
@@ -396,8 +265,8 @@ def _parse_session(table: _Table | None) -> SessionSpec:
     if threads < 0:
         raise table.fail(f"'{table.key_path('intra_op_num_threads')}' must be >= 0, got {threads}")
     return SessionSpec(
-        graph_optimization_level=table.get("graph_optimization_level", str, "all", choices=OPTIMIZATION_LEVELS),
-        offline_optimization=table.get("offline_optimization", str, "extended", choices=OPTIMIZATION_LEVELS),
+        graph_optimization_level=table.get("graph_optimization_level", str, "all", choices=tuple(OPTIMIZATION_LEVELS)),
+        offline_optimization=table.get("offline_optimization", str, "extended", choices=tuple(OPTIMIZATION_LEVELS)),
         intra_op_num_threads=threads,
         config_entries=MappingProxyType(entries),
     )
@@ -506,7 +375,74 @@ def _parse_triton(table: _Table | None) -> TritonSpec | None:
     return spec
 
 
-def _ort_option(value: str | int | float | bool) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)
+_RANGE_KEYS = (
+    "conv_kernel",
+    "conv_stride",
+    "depthwise_kernel",
+    "depthwise_stride",
+    "pool_kernel",
+    "pool_stride",
+    "avgpool_kernel",
+)
+_STR_KEYS = ("name", "family", "board", "flow", "arch_json", "vaip_config", "vitis_ai_version", "board_description")
+_INT_KEYS = ("channel_parallel", "bank_depth", "conv_kernel_area_limit")
+_FLOAT_KEYS = ("min_cosine", "min_top1_agreement")
+_REQUIRED = ("name", "family", "board", "flow", "channel_parallel", "bank_depth")
+_ALLOWED = set(_RANGE_KEYS) | set(_STR_KEYS) | set(_INT_KEYS) | set(_FLOAT_KEYS) | {"sources"}
+
+
+def _parse_dpu_table(table: dict[str, Any], source: Path) -> DpuSpec:
+    """Validate a profile's ``[dpu]`` table into a :class:`DpuSpec`; unknown keys are refused."""
+
+    def fail(message: str) -> TargetError:
+        return TargetError(f"target profile {source}: {message}")
+
+    unknown = sorted(set(table) - _ALLOWED)
+    if unknown:
+        raise fail(f"unknown key 'dpu.{unknown[0]}' in [dpu]; allowed: {', '.join(sorted(_ALLOWED))}")
+    missing = [k for k in _REQUIRED if k not in table]
+    if missing:
+        raise fail(f"missing required key 'dpu.{missing[0]}' in [dpu]")
+    values: dict[str, Any] = {}
+    for key in _STR_KEYS:
+        if key in table:
+            if not isinstance(table[key], str):
+                raise fail(f"'dpu.{key}' must be str, got {table[key]!r}")
+            values[key] = table[key]
+    for key in _INT_KEYS:
+        if key in table:
+            value = table[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise fail(f"'dpu.{key}' must be a positive int, got {value!r}")
+            values[key] = value
+    for key in _FLOAT_KEYS:
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= float(value) <= 1.0:
+                raise fail(f"'dpu.{key}' must be a number in [-1, 1], got {value!r}")
+            values[key] = float(value)
+    for key in _RANGE_KEYS:
+        if key in table:
+            value = table[key]
+            ok = (
+                isinstance(value, list)
+                and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                and 1 <= value[0] <= value[1]
+            )
+            if not ok:
+                raise fail(f"'dpu.{key}' must be [min, max] with 1 <= min <= max, got {value!r}")
+            values[key] = (int(value[0]), int(value[1]))
+    if "sources" in table:
+        sources = table["sources"]
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise fail(f"'dpu.sources' must be a list of str, got {sources!r}")
+        values["sources"] = tuple(sources)
+    if values["flow"] not in FLOWS:
+        raise fail(f"'dpu.flow' must be one of {', '.join(FLOWS)}, got {values['flow']!r}")
+    if not values["name"].startswith(values["family"]):
+        raise fail(f"'dpu.name' {values['name']!r} does not start with 'dpu.family' {values['family']!r}")
+    values.setdefault("arch_json", ARCH_JSON_TEMPLATE.format(family=values["family"], board=values["board"]))
+    if values["flow"] == "vitis-ai-ep" and not values.get("vaip_config"):
+        raise fail("'dpu.vaip_config' is required for flow 'vitis-ai-ep' (the board image's vaip_config.json)")
+    return DpuSpec(**values)

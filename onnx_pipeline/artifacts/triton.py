@@ -1,18 +1,37 @@
-"""Triton Inference Server model repository: write ``config.pbtxt``, parse it back, check it against the model.
+"""``triton``: a Triton Inference Server model repository serving the bundle's fp16 model.
 
-The config is protobuf text format (Triton's ``ModelConfig``). ``parse_pbtxt`` is a small reader for
-that format (fields, nested messages, lists, strings, numbers, enums), enough to read back what
+``triton/<name>/1/model.onnx`` (a hard link to ``model.fp16.onnx`` where the file system allows) and
+``triton/<name>/config.pbtxt``, written, parsed back and checked against the model. The config is
+protobuf text format (Triton's ``ModelConfig``). ``parse_pbtxt`` is a small reader for that format
+(fields, nested messages, lists, strings, numbers, enums), enough to read back what
 ``render_config`` writes and hand-edited variants of it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, timed
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.targets import TritonSpec
+
+if TYPE_CHECKING:
+    from onnx_pipeline.manifest import BundleManifest
+
+KIND = "triton"
+PRECISION = "fp16"
+ORDER = 50
+REQUIRES: tuple[str, ...] = ("triton",)
+NEEDS: tuple[str, ...] = ("fp16",)
+CALIBRATED = False
+REWRITES_OPSET = False
+DEFAULT_RANK: int | None = None
 
 #: ONNX TensorProto element type → Triton data type
 ONNX_TO_TRITON = {
@@ -268,3 +287,62 @@ def check_config(text: str, model: Any, *, model_name: str, source: str = "confi
             for acc in ea.get("gpu_execution_accelerator", [])
         ],
     }
+
+
+def model_name(source: str) -> str:
+    """The Triton model name for a model source name (safe for a folder and a URL)."""
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in source)
+    return name.strip("_") or "model"
+
+
+def build(ctx: BuildContext) -> ArtifactResult:
+    import onnx
+
+    spec = ctx.target.triton
+    assert spec is not None
+    start = time.perf_counter()
+    served = str(ctx.built["fp16"].section["file"])  # type: ignore[index]
+    name = model_name(ctx.run.source.model if ctx.run.source else "model")
+    folder = ctx.out / "triton" / name
+    (folder / "1").mkdir(parents=True)
+    source = ctx.out / served
+    try:
+        os.link(source, folder / "1" / "model.onnx")
+    except OSError:
+        shutil.copyfile(source, folder / "1" / "model.onnx")
+    model = onnx.load(str(source), load_external_data=False)
+    text = render_config(name, model, spec)
+    (folder / "config.pbtxt").write_text(text, encoding="utf-8")
+    summary = check_config(text, model, model_name=name, source=f"triton/{name}/config.pbtxt")
+    timings: dict[str, float] = {}
+    timed(timings, "repository", start)
+    section = {
+        "repository": "triton",
+        "model_name": name,
+        "config": f"triton/{name}/config.pbtxt",
+        "model": f"triton/{name}/1/model.onnx",
+        "serves": served,
+        **summary,
+    }
+    return ArtifactResult(
+        kind=KIND,
+        section=section,
+        timings=timings,
+        readme=(
+            f"- `triton/`: Triton model repository; start with `tritonserver --model-repository=triton` "
+            f"(model `{name}`, max_batch_size {summary['max_batch_size']})",
+        ),
+    )
+
+
+def verify_section(manifest: BundleManifest, section: Mapping[str, Any]) -> dict[str, Any]:
+    """Parse the repository's config.pbtxt back and check it against the model it serves."""
+    import onnx
+
+    try:
+        config, model_file, name = str(section["config"]), str(section["model"]), str(section["model_name"])
+    except KeyError as exc:
+        raise BundleError(f"the bundle's triton section lacks {exc}: rebuild the bundle") from None
+    model = onnx.load(str(manifest.path(model_file, what="the Triton model")), load_external_data=False)
+    text = manifest.path(config, what="the Triton config").read_text(encoding="utf-8", errors="replace")
+    return check_config(text, model, model_name=name, source=config)

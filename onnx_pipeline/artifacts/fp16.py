@@ -1,4 +1,4 @@
-"""fp32 → fp16 conversion that keeps fp32 inputs and outputs and still loads in onnxruntime.
+"""``fp16``: ``model.fp16.onnx``, fp16 inside, fp32 inputs and outputs, loading in onnxruntime.
 
 Uses ``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)``. The
 target's ``op_block_list`` is added to the converter's own default block list (passing a list
@@ -7,22 +7,31 @@ replaces that default, which would convert ops such as TopK or Range that have n
 
 from __future__ import annotations
 
-import logging
+import time
 from typing import Any
 
-from onnx_pipeline.errors import BundleError
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, timed
+from onnx_pipeline.errors import BundleError, first_line
+from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import Fp16Spec
 
-log = logging.getLogger(__name__)
+KIND = "fp16"
+PRECISION = "fp16"
+ORDER = 40
+REQUIRES: tuple[str, ...] = ("fp16",)
+NEEDS: tuple[str, ...] = ()
+CALIBRATED = False
+REWRITES_OPSET = False
+DEFAULT_RANK: int | None = 30
+FILE = "model.fp16.onnx"
 
 
 def convert_fp16(model: Any, spec: Fp16Spec) -> Any:
     """An fp16 copy of ``model`` with fp32 graph inputs/outputs; raises BundleError if it does not load.
 
-    ``model`` must carry shape information (``quantize_int8.infer_shapes``); it is not modified.
+    ``model`` must carry shape information (``onnxfile.infer_shapes``); it is not modified.
     """
     import onnx
-    import onnxruntime as ort
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     work = onnx.ModelProto()
@@ -35,16 +44,13 @@ def convert_fp16(model: Any, spec: Fp16Spec) -> Any:
         )
     except Exception as exc:  # the converter raises assorted errors on graphs it cannot handle
         raise BundleError(
-            f"fp16 conversion failed ({type(exc).__name__}: {exc}): add the op to [fp16] op_block_list"
+            f"fp16 conversion failed ({type(exc).__name__}: {first_line(exc)}): add the op to [fp16] op_block_list"
         ) from None
     check_io_float32(model, converted)
-    try:
-        ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise BundleError(
-            f"the fp16 model does not load in onnxruntime ({str(exc).splitlines()[0]}): add the failing op "
-            "to [fp16] op_block_list in the target profile"
-        ) from None
+    create_session(
+        converted.SerializeToString(),
+        what="the fp16 model (add the failing op to [fp16] op_block_list in the target profile)",
+    )
     return converted
 
 
@@ -58,3 +64,31 @@ def check_io_float32(original: Any, converted: Any) -> None:
         raise BundleError(
             f"fp16 conversion changed the model's inputs/outputs: {signature(original)} -> {signature(converted)}"
         )
+
+
+def build(ctx: BuildContext) -> ArtifactResult:
+    import onnx
+
+    spec = ctx.target.fp16
+    assert spec is not None
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    converted = convert_fp16(ctx.model, spec)
+    onnx.save(converted, str(ctx.out / FILE))
+    timed(timings, "convert", start)
+    blocked = set(spec.op_block_list)
+    section = {
+        "file": FILE,
+        "keep_io_types": True,
+        "op_block_list": list(spec.op_block_list),
+        "ops_kept_fp32": sorted({n.op_type for n in converted.graph.node if n.op_type in blocked}),
+        "casts": sum(1 for n in converted.graph.node if n.op_type == "Cast"),
+    }
+    model = ctx.check(FILE, KIND, PRECISION)
+    return ArtifactResult(
+        kind=KIND,
+        models=(model,),
+        section=section,
+        timings=timings,
+        readme=(f"- `{FILE}`: fp16 inside, fp32 inputs and outputs ({section['casts']} casts)",),
+    )

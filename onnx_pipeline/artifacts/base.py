@@ -1,0 +1,186 @@
+"""The shape every artifact builder shares: what it is given (``BuildContext``) and what it returns.
+
+A builder is a module of ``onnx_pipeline.artifacts`` named after the artifact kind it builds
+(``int8-qdq`` → ``int8_qdq.py``) that satisfies ``ArtifactBuilder``. It writes its files under
+``ctx.out``, judges each model it makes with ``ctx.check`` and returns an ``ArtifactResult``: its
+models, its manifest section (recorded under ``artifacts[kind]``), its timings and its README lines.
+It never mutates the context; a builder that needs another kind's output reads ``ctx.built[kind]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from onnx_pipeline.bundling.fidelity import FidelityResult, judge
+from onnx_pipeline.files import to_jsonable
+from onnx_pipeline.manifest import ModelRecord, RunManifest
+from onnx_pipeline.runtime.session import create_session
+from onnx_pipeline.targets import FidelityThresholds, HardwareTarget
+
+
+@dataclass(frozen=True)
+class BundleData:
+    """Calibration and held-out inputs of one bundle (preprocessed, batch first) and how they were made."""
+
+    calibration: np.ndarray | None
+    calibration_info: Mapping[str, Any] | None
+    heldout: np.ndarray
+    heldout_info: Mapping[str, Any]
+
+    @property
+    def description(self) -> str:
+        """How the held-out inputs were made, as fidelity results record it."""
+        return "synthetic" if self.heldout_info.get("synthetic") else f"{len(self.heldout)} held-out images"
+
+
+@dataclass(frozen=True)
+class BundleModel:
+    """One model file of a bundle and its fidelity against the fp32 reference."""
+
+    file: str
+    kind: str
+    precision: str
+    fidelity: FidelityResult
+    optimization_level: str | None = None
+    format: str = "onnx"
+    external_data: tuple[str, ...] = ()
+
+    def record(self) -> ModelRecord:
+        """The manifest's form of this model."""
+        return ModelRecord(
+            file=self.file,
+            kind=self.kind,
+            precision=self.precision,
+            fidelity=to_jsonable(self.fidelity),
+            optimization_level=self.optimization_level,
+            format=self.format,
+            external_data=self.external_data,
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactResult:
+    """What one builder made: its models, its manifest section, its timings, its README lines."""
+
+    kind: str
+    models: tuple[BundleModel, ...] = ()
+    #: recorded in the bundle manifest under ``artifacts[kind]`` (None: nothing to record)
+    section: Mapping[str, Any] | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+    #: Markdown list items for the bundle README ("- `file`: what it is")
+    readme: tuple[str, ...] = ()
+    findings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a builder may read; shared by every builder of one bundle (never modified)."""
+
+    target: HardwareTarget
+    #: the bundle folder being written (temporary until the whole bundle passes)
+    out: Path
+    run: RunManifest
+    #: the run folder's fp32 model (its external data beside it)
+    model_path: Path
+    #: the fp32 ModelProto, shapes inferred, batch fixed to 1 for a static-batch target; read-only
+    model: Any
+    data: BundleData
+    #: the fp32 model's outputs on ``data.heldout`` (what every model of the bundle is judged against)
+    reference: tuple[np.ndarray, ...]
+    output_names: tuple[str, ...]
+    #: whether the bundle's models keep the run's dynamic batch axis
+    dynamic_batch: bool
+    #: results of the builders that ran before this one, by kind
+    built: Mapping[str, ArtifactResult] = field(default_factory=dict)
+
+    @property
+    def scratch(self) -> Path:
+        """A working folder inside the bundle's temporary folder, removed before the manifest is written."""
+        path = self.out / ".work"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def thresholds(self, precision: str) -> FidelityThresholds:
+        """The target's fidelity thresholds for ``precision``."""
+        return self.target.fidelity[precision]
+
+    def check(
+        self,
+        file: str,
+        kind: str,
+        precision: str,
+        *,
+        level: str | None = None,
+        thresholds: FidelityThresholds | None = None,
+        qdq_as_float: bool = False,
+        external_data: tuple[str, ...] = (),
+    ) -> BundleModel:
+        """Run ``out/file`` on the held-out inputs on a CPU session and judge it against the reference.
+
+        This is the session ``onnx-pipeline verify BUNDLE`` re-runs; a shortfall is recorded in the
+        model's fidelity (the bundle step raises once every builder has run).
+        """
+        session = create_session(self.out / file, qdq_as_float=qdq_as_float)
+        outputs = run_batches(session, self.data.heldout)
+        result = judge(
+            file,
+            precision,
+            list(self.output_names),
+            list(self.reference),
+            outputs,
+            thresholds or self.thresholds(precision),
+            self.data.description,
+            provider=session.get_providers()[0],
+        )
+        fmt = "ort" if file.endswith(".ort") else "onnx"
+        return BundleModel(file, kind, precision, result, level, fmt, external_data)
+
+
+def run_batches(session: Any, samples: np.ndarray) -> list[np.ndarray]:
+    """Run a single-input session over ``samples``: in one batch, or batch by batch for a fixed batch (padded)."""
+    model_input = session.get_inputs()[0]
+    first = model_input.shape[0] if model_input.shape else None
+    batch = first if isinstance(first, int) and first > 0 else len(samples)
+    outputs: list[list[np.ndarray]] = []
+    for start in range(0, len(samples), batch):
+        chunk = samples[start : start + batch]
+        pad = batch - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        values = session.run(None, {model_input.name: chunk})
+        outputs.append([v[: batch - pad] for v in values])
+    return [np.concatenate([o[i] for o in outputs]) for i in range(len(outputs[0]))]
+
+
+def timed(timings: dict[str, float], name: str, start: float) -> None:
+    """Record the seconds since ``start`` under ``name`` (rounded to ms)."""
+    timings[name] = round(time.perf_counter() - start, 3)
+
+
+class ArtifactBuilder(Protocol):
+    """The module interface of a builder (a module satisfies it: mypy checks modules against protocols)."""
+
+    #: the artifact kind a profile names ("int8-qdq"); the module is named after it ("int8_qdq")
+    KIND: str
+    #: the precision of the model(s) it makes; the profile must list it and give its fidelity thresholds
+    PRECISION: str
+    #: build order: a builder may read ``ctx.built`` of kinds with a lower order
+    ORDER: int
+    #: profile tables it needs (e.g. ("quantization",))
+    REQUIRES: tuple[str, ...]
+    #: other artifact kinds the profile must list with it (e.g. triton needs "fp16")
+    NEEDS: tuple[str, ...]
+    #: it calibrates on images (the bundle step prepares calibration data)
+    CALIBRATED: bool
+    #: it rewrites the model to the target's opset and batch itself (the export is not constrained)
+    REWRITES_OPSET: bool
+    #: preference as the bundle's default model (lower first); None: never the default
+    DEFAULT_RANK: int | None
+
+    def build(self, ctx: BuildContext) -> ArtifactResult: ...

@@ -1,0 +1,54 @@
+"""``ort``: ``model.fp32.ort`` (ORT format, for onnxruntime's mobile and minimal builds) and
+``required_operators.config`` (the operators and types a reduced build must include)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, timed
+from onnx_pipeline.artifacts.fp32_optimized import optimize_offline
+from onnx_pipeline.errors import BundleError, first_line
+
+KIND = "ort"
+PRECISION = "fp32"
+ORDER = 20
+REQUIRES: tuple[str, ...] = ()
+NEEDS: tuple[str, ...] = ()
+CALIBRATED = False
+REWRITES_OPSET = False
+DEFAULT_RANK: int | None = 50
+FILE = "model.fp32.ort"
+OPERATORS = "required_operators.config"
+
+
+def write_required_operators(ort_model: Path, output: Path) -> None:
+    """The required-operators (and types) config for a reduced onnxruntime build, from an .ort model."""
+    from onnxruntime.tools.ort_format_model.utils import create_config_from_models
+
+    try:
+        create_config_from_models([ort_model], output, enable_type_reduction=True)
+    except Exception as exc:  # the tool raises on models it cannot read
+        raise BundleError(f"could not extract the required operators of {ort_model.name}: {first_line(exc)}") from None
+    # The tool records the absolute path of the model it read: keep only the file name.
+    text = output.read_text(encoding="utf-8").replace(str(ort_model), ort_model.name)
+    output.write_text(text, encoding="utf-8")
+
+
+def build(ctx: BuildContext) -> ArtifactResult:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    level = optimize_offline(ctx, FILE)
+    write_required_operators(ctx.out / FILE, ctx.out / OPERATORS)
+    timed(timings, "convert", start)
+    model = ctx.check(FILE, KIND, PRECISION, level=level)
+    return ArtifactResult(
+        kind=KIND,
+        models=(model,),
+        timings=timings,
+        readme=(
+            f"- `{FILE}`: the same in ORT format, for onnxruntime's mobile and minimal builds; build a reduced "
+            f"runtime with `--include_ops_by_config {OPERATORS} --enable_reduced_operator_type_support`",
+            f"- `{OPERATORS}`: the operators and types that reduced build must include",
+        ),
+    )

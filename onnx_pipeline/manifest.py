@@ -1,0 +1,567 @@
+"""Typed manifests of run folders and bundles, and the trust boundary around the folders they describe.
+
+A run folder or a bundle is handed from machine to machine: it is untrusted input. Every reader of a
+manifest goes through ``RunManifest.read`` / ``BundleManifest.read`` (or ``read_manifest`` for
+either), which
+
+- validates every field it returns (types, ranges, names), refusing a malformed manifest with one
+  line (``InputError``, exit 2);
+- checks the manifest's own ``content_sha256`` (written by ``write``), so an edit of labels,
+  preprocessing or any other field after the folder was written is caught;
+- requires every path to be relative, to stay inside the folder once symlinks are resolved, and to
+  be listed in ``files`` with its sha256; every listed file is hashed before anything is loaded
+  (``IntegrityError``).
+
+Hashes catch damage and careless edits, not a forger: whoever can rewrite the files can rewrite the
+hashes. ``ManifestBase.digest`` (the sha256 of ``manifest.json``) identifies a folder's exact content
+and can be compared with the digest the sender printed (see the README's security model).
+
+Schema versions: ``/2`` is written; ``/1`` still reads (a bundle's per-artifact sections were
+top-level keys then, ``artifacts`` now).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar, TypeVar
+
+from onnx_pipeline.errors import InputError, IntegrityError
+from onnx_pipeline.files import sha256_file, to_jsonable, write_json
+from onnx_pipeline.imagespec import PreprocessSpec
+
+MANIFEST = "manifest.json"
+RUN_SCHEMA = "onnx-pipeline/run/2"
+BUNDLE_SCHEMA = "onnx-pipeline/bundle/2"
+RUN_SCHEMAS = ("onnx-pipeline/run/1", RUN_SCHEMA)
+BUNDLE_SCHEMAS = ("onnx-pipeline/bundle/1", BUNDLE_SCHEMA)
+#: files of a run folder that ``files`` does not list: the manifest itself, reports, and the bundles
+RUN_UNLISTED = ("manifest.json", "report.json", "report.html", "bundles")
+#: bundle schema /1 kept each artifact kind's section at the top level under these names
+_V1_SECTIONS = {"quantization": "int8-qdq", "fp16": "fp16", "triton": "triton", "vitis": "vitis-ai"}
+
+M = TypeVar("M", bound="ManifestBase")
+
+
+# --------------------------------------------------------------------------- paths and hashes
+
+
+def inside(root: Path, rel: str, *, what: str = "a path") -> Path:
+    """``root/rel`` when ``rel`` is a relative POSIX path that stays inside ``root`` (symlinks resolved)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+        raise IntegrityError(f"{MANIFEST} in {root} names {what} {rel!r} that is not a relative path: rebuild it")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or (pure.parts and pure.parts[0].endswith(":")):
+        raise IntegrityError(f"{MANIFEST} in {root} names {what} {rel!r} outside the folder: refused")
+    path = Path(root).joinpath(*pure.parts)
+    real_root = Path(root).resolve()
+    try:
+        path.resolve().relative_to(real_root)
+    except ValueError:
+        raise IntegrityError(
+            f"{MANIFEST} in {root} names {what} {rel!r}, which resolves outside the folder (a symlink?): refused"
+        ) from None
+    return path
+
+
+def check_files(root: Path, files: Mapping[str, str]) -> None:
+    """Every listed file exists inside ``root`` and matches its sha256; one error names every problem."""
+    problems: list[str] = []
+    for rel, expected in files.items():
+        path = inside(root, rel, what="the file")
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{rel} does not match its sha256 (altered or truncated)")
+    if problems:
+        raise IntegrityError(
+            f"{root} fails its integrity check: " + "; ".join(problems) + ". Copy it again or rebuild it"
+        )
+
+
+def hash_folder(root: Path, *, exclude: tuple[str, ...] = (), known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """sha256 of every file under ``root`` by POSIX path, sorted, minus ``exclude`` (names or top folders).
+
+    ``known`` holds digests computed while the files were written (not read again). A symlink is refused:
+    a folder onnx-pipeline writes holds none.
+    """
+    known = known or {}
+    hashes: dict[str, str] = {}
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel in exclude or rel.split("/", 1)[0] in exclude:
+            continue
+        if path.is_symlink():
+            raise IntegrityError(f"{path} is a symbolic link: a folder onnx-pipeline writes holds none")
+        if path.is_file():
+            hashes[rel] = known.get(rel) or sha256_file(path)
+    return hashes
+
+
+def content_digest(data: Mapping[str, Any]) -> str:
+    """sha256 of a manifest's content (canonical JSON without ``content_sha256`` itself)."""
+    body = {k: v for k, v in data.items() if k != "content_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- field validation
+
+
+class _Fields:
+    """A manifest's raw JSON object being validated: typed getters that name the field in every error."""
+
+    def __init__(self, data: Mapping[str, Any], where: Path) -> None:
+        self.data = data
+        self.where = where
+
+    def fail(self, key: str, wanted: str) -> InputError:
+        return InputError(f"{self.where}: '{key}' must be {wanted}, got {self.data.get(key)!r:.80}: rebuild the folder")
+
+    def get_str(self, key: str, default: Any = ...) -> Any:
+        value = self.data.get(key, default)
+        if value is ... or not (isinstance(value, str) or (value is None and default is None)):
+            raise self.fail(key, "a string")
+        return value
+
+    def get_bool(self, key: str, default: bool = False) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false")
+        return value
+
+    def get_int(self, key: str, default: Any = ...) -> int:
+        value = self.data.get(key, default)
+        if value is ... or isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, "an integer")
+        return value
+
+    def get_obj(self, key: str, *, required: bool = False) -> dict[str, Any] | None:
+        value = self.data.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, "a JSON object")
+        return value
+
+    def get_files(self) -> dict[str, str]:
+        value = self.data.get("files")
+        if not isinstance(value, dict) or not value:
+            raise IntegrityError(f"{self.where} lists no files with their sha256 ('files'): rebuild the folder")
+        for rel, digest in value.items():
+            if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise InputError(f"{self.where}: files[{rel!r}] is not a sha256 digest: rebuild the folder")
+        return dict(value)
+
+    def get_tensors(self, key: str) -> tuple[TensorSpec, ...]:
+        value = self.data.get(key)
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "a non-empty list of {name, shape, dtype}")
+        out = []
+        for item in value:
+            ok = isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("shape"), list)
+            ok = ok and all(
+                isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)) for d in item["shape"]
+            )
+            if not ok:
+                raise self.fail(key, "a list of {name, shape, dtype}")
+            out.append(TensorSpec(item["name"], tuple(item["shape"]), str(item.get("dtype", "float32"))))
+        return tuple(out)
+
+    def get_labels(self) -> tuple[str, ...] | None:
+        value = self.data.get("labels")
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            raise self.fail("labels", "a non-empty list of class names")
+        out = []
+        for item in value:
+            # the seed's imagenet_class_index style ["n01440764", "tench"]: keep the readable name
+            if isinstance(item, list) and item and all(isinstance(v, str) for v in item):
+                item = item[-1]
+            if not isinstance(item, str):
+                raise self.fail("labels", "a list of class names (strings)")
+            out.append(item)
+        return tuple(out)
+
+    def get_preprocessing(self) -> PreprocessSpec | None:
+        value = self.data.get("preprocessing")
+        if value is None:
+            return None
+        try:
+            return PreprocessSpec.from_dict(value)
+        except InputError as exc:
+            raise InputError(f"{self.where}: preprocessing: {exc.message}") from None
+
+    def get_floats(self, key: str) -> dict[str, float]:
+        value = self.get_obj(key) or {}
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()):
+            raise self.fail(key, "an object of numbers")
+        return {str(k): float(v) for k, v in value.items()}
+
+
+# --------------------------------------------------------------------------- manifest types
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, shape (a dynamic dim is its name) and numpy dtype name."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the PyTorch model of a run came from (provenance; nothing here is run unless the user asks)."""
+
+    model: str
+    kind: str  # "torchvision", "builtin", "factory" or "torchscript"
+    location: str = ""
+    weights: str = "random"
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    seed: int = 0
+    rescaled_random: bool = True
+
+    @property
+    def runs_code(self) -> bool:
+        """Rebuilding this model would run code or read a file named by the manifest (a factory, an archive, a path)."""
+        return self.kind not in ("torchvision", "builtin") or self.weights not in ("random", "imagenet")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: Path) -> ModelSource:
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: 'source' must be a JSON object: rebuild the folder")
+        f = _Fields(data, where)
+        kind = f.get_str("kind", "torchvision")
+        if kind not in ("torchvision", "builtin", "factory", "torchscript"):
+            raise f.fail("kind", "torchvision, builtin, factory or torchscript")
+        return cls(
+            model=f.get_str("model"),
+            kind=kind,
+            location=f.get_str("location", ""),
+            weights=f.get_str("weights", "random"),
+            weights_file=f.get_str("weights_file", None),
+            weights_sha256=f.get_str("weights_sha256", None),
+            seed=f.get_int("seed", 0),
+            rescaled_random=f.get_bool("rescaled_random", True),
+        )
+
+
+@dataclass(frozen=True)
+class ManifestBase:
+    """What run and bundle manifests share: the folder's files, I/O, preprocessing, labels, provenance."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dynamic_batch: bool
+    task: str
+    preprocessing: PreprocessSpec | None
+    labels: tuple[str, ...] | None
+    versions: Mapping[str, str]
+    timings: Mapping[str, float]
+    files: Mapping[str, str]
+    #: the folder it was read from (not written)
+    root: Path | None = field(default=None, compare=False, metadata={"json": False})
+    #: sha256 of manifest.json as read (not written)
+    digest: str | None = field(default=None, compare=False, metadata={"json": False})
+
+    SCHEMAS: ClassVar[tuple[str, ...]] = ()
+    SCHEMA: ClassVar[str] = ""
+
+    def path(self, rel: str, *, what: str = "the file") -> Path:
+        """The file ``rel`` of this folder: listed in ``files`` and inside the folder, or ``IntegrityError``."""
+        if self.root is None:
+            raise ValueError("this manifest was not read from a folder")
+        if rel not in self.files:
+            raise IntegrityError(f"{MANIFEST} in {self.root} names {what} {rel!r} but does not list it in 'files'")
+        return inside(self.root, rel, what=what)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written to manifest.json (without ``content_sha256``)."""
+        data: dict[str, Any] = {"schema": self.SCHEMA}
+        data.update(to_jsonable(self))
+        return data
+
+    def write(self, folder: Path) -> Path:
+        """Write ``folder/manifest.json`` with its ``content_sha256``; returns the path."""
+        data = self.to_dict()
+        data["content_sha256"] = content_digest(data)
+        path = Path(folder) / MANIFEST
+        write_json(path, data)
+        return path
+
+    @classmethod
+    def read(cls: type[M], folder: Path | str, *, check: bool = True) -> M:
+        """Read and validate ``folder/manifest.json``; with ``check``, hash every listed file too."""
+        root = Path(folder)
+        data, digest = _load(root)
+        schema = data.get("schema")
+        if schema not in cls.SCHEMAS:
+            raise InputError(
+                f"{root / MANIFEST} is not a {cls.__name__} (schema {schema!r}; expected one of "
+                f"{', '.join(cls.SCHEMAS)}): give a folder written by onnx-pipeline"
+            )
+        manifest = cls._parse(_Fields(data, root / MANIFEST), data)
+        manifest = dataclasses.replace(manifest, root=root, digest=digest)
+        manifest._validate()
+        if check:
+            check_files(root, manifest.files)
+        return manifest
+
+    @classmethod
+    def _parse(cls: type[M], f: _Fields, data: Mapping[str, Any]) -> M:
+        raise NotImplementedError
+
+    @staticmethod
+    def _common(f: _Fields) -> dict[str, Any]:
+        task = f.get_str("task", "classification") or "classification"
+        return {
+            "inputs": f.get_tensors("inputs"),
+            "outputs": f.get_tensors("outputs"),
+            "dynamic_batch": f.get_bool("dynamic_batch", False),
+            "task": task,
+            "preprocessing": f.get_preprocessing(),
+            "labels": f.get_labels(),
+            "versions": {str(k): str(v) for k, v in (f.get_obj("versions") or {}).items()},
+            "timings": f.get_floats("timings"),
+            "files": f.get_files(),
+        }
+
+    def _validate(self) -> None:
+        assert self.root is not None
+        for rel in self.files:
+            inside(self.root, rel, what="the file")
+        classes = self.outputs[0].shape[-1] if self.outputs and self.outputs[0].shape else None
+        if self.labels is not None and isinstance(classes, int) and len(self.labels) != classes:
+            raise IntegrityError(
+                f"{self.root / MANIFEST} has {len(self.labels)} labels but the model gives {classes} classes: "
+                "the labels were replaced or cut; rebuild the folder"
+            )
+
+
+def _load(root: Path) -> tuple[dict[str, Any], str]:
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder: give a run folder or a bundle written by onnx-pipeline")
+    if not path.is_file():
+        raise InputError(f"{root} has no {MANIFEST}: give a run folder or a bundle (RUN/bundles/TARGET)")
+    raw = path.read_bytes()
+    if len(raw) > 64 << 20:
+        raise InputError(f"{path} is {len(raw) >> 20} MiB: too large for a manifest, refused")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"{path} is not valid JSON ({type(exc).__name__}): rebuild the folder") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object: rebuild the folder")
+    recorded = data.get("content_sha256")
+    if recorded is not None and recorded != content_digest(data):
+        raise IntegrityError(
+            f"{path} was edited after it was written (its content_sha256 no longer matches): rebuild the folder"
+        )
+    return data, hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunManifest(ManifestBase):
+    """``RUN/manifest.json``: the exported model, how it was made, and its verification."""
+
+    model_file: str = "model.onnx"
+    external_data: str | None = None
+    opset: int = 0
+    ir_version: int = 0
+    input_shape: tuple[int, ...] = ()
+    source: ModelSource | None = None
+    exporter: Mapping[str, Any] = field(default_factory=dict)
+    simplify: Mapping[str, Any] | None = None
+    verification: Mapping[str, Any] | None = None
+
+    SCHEMAS: ClassVar[tuple[str, ...]] = RUN_SCHEMAS
+    SCHEMA: ClassVar[str] = RUN_SCHEMA
+
+    @property
+    def model_path(self) -> Path:
+        return self.path(self.model_file, what="the model")
+
+    @classmethod
+    def _parse(cls, f: _Fields, data: Mapping[str, Any]) -> RunManifest:
+        shape = data.get("input_shape") or []
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+        ):
+            raise f.fail("input_shape", "a list of positive integers")
+        return cls(
+            **cls._common(f),
+            model_file=f.get_str("model_file", "model.onnx"),
+            external_data=f.get_str("external_data", None),
+            opset=f.get_int("opset", 0),
+            ir_version=f.get_int("ir_version", 0),
+            input_shape=tuple(shape),
+            source=ModelSource.from_dict(data["source"], f.where) if data.get("source") is not None else None,
+            exporter=f.get_obj("exporter") or {},
+            simplify=f.get_obj("simplify"),
+            verification=f.get_obj("verification"),
+        )
+
+    def _validate(self) -> None:
+        super()._validate()
+        self.path(self.model_file, what="the model")
+        if self.external_data is not None:
+            self.path(self.external_data, what="the external data")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One model file of a bundle: its kind, precision, fidelity against the fp32 reference."""
+
+    file: str
+    kind: str
+    precision: str
+    fidelity: Mapping[str, Any] | None = None
+    optimization_level: str | None = None
+    format: str = "onnx"
+    external_data: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: the precision, plus the format when it is not plain ONNX."""
+        return self.precision if self.format == "onnx" else f"{self.precision} ({self.format})"
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """The hardware target a bundle was built for, as recorded (the profile itself is not needed to read it)."""
+
+    name: str
+    description: str = ""
+    profile: str = ""
+    artifacts: tuple[str, ...] = ()
+    batch: str = "dynamic"
+    opset: Mapping[str, int] = field(default_factory=dict)
+    offline_optimization: str | None = None
+
+
+@dataclass(frozen=True)
+class BundleManifest(ManifestBase):
+    """``RUN/bundles/<target>/manifest.json``: the models for one target, how to run them, their fidelity."""
+
+    target: TargetInfo = field(default_factory=lambda: TargetInfo(name="?"))
+    models: tuple[ModelRecord, ...] = ()
+    default_model: str | None = None
+    execution_providers: tuple[Mapping[str, Any], ...] = ()
+    session_options: Mapping[str, Any] = field(default_factory=dict)
+    precisions: tuple[str, ...] = ()
+    calibration: Mapping[str, Any] | None = None
+    heldout: Mapping[str, Any] | None = None
+    #: each artifact kind's section ({kind: section}), as its builder returned it
+    artifacts: Mapping[str, Any] = field(default_factory=dict)
+    run: Mapping[str, Any] = field(default_factory=dict)
+
+    SCHEMAS: ClassVar[tuple[str, ...]] = BUNDLE_SCHEMAS
+    SCHEMA: ClassVar[str] = BUNDLE_SCHEMA
+
+    def model(self, file: str) -> ModelRecord:
+        return next(m for m in self.models if m.file == file)
+
+    @classmethod
+    def _parse(cls, f: _Fields, data: Mapping[str, Any]) -> BundleManifest:
+        target = f.get_obj("target", required=True) or {}
+        tf = _Fields(target, f.where)
+        models = data.get("models")
+        if not isinstance(models, list) or not models:
+            raise f.fail("models", "a non-empty list of {file, kind, precision}")
+        records = [_model_record(m, f) for m in models]
+        artifacts = dict(f.get_obj("artifacts") or {})
+        for key, kind in _V1_SECTIONS.items():  # schema /1
+            if isinstance(data.get(key), dict):
+                artifacts.setdefault(kind, data[key])
+        providers = _providers(data.get("execution_providers"), f)
+        return cls(
+            **cls._common(f),
+            target=TargetInfo(
+                name=tf.get_str("name"),
+                description=tf.get_str("description", ""),
+                profile=tf.get_str("profile", ""),
+                artifacts=tuple(str(a) for a in target.get("artifacts") or []),
+                batch=tf.get_str("batch", "dynamic"),
+                opset=dict(target.get("opset") or {}),
+                offline_optimization=tf.get_str("offline_optimization", None),
+            ),
+            models=tuple(records),
+            default_model=f.get_str("default_model", None),
+            execution_providers=tuple(providers),
+            session_options=f.get_obj("session_options") or {},
+            precisions=tuple(str(p) for p in data.get("precisions") or []),
+            calibration=f.get_obj("calibration"),
+            heldout=f.get_obj("heldout"),
+            artifacts=artifacts,
+            run=f.get_obj("run") or {},
+        )
+
+    def _validate(self) -> None:
+        super()._validate()
+        for record in self.models:
+            self.path(record.file, what="the model")
+            for extra in record.external_data:
+                self.path(extra, what="the external data")
+        if self.default_model is not None and all(m.file != self.default_model for m in self.models):
+            raise InputError(f"{self.root}/{MANIFEST}: default_model {self.default_model!r} is not one of its models")
+        if self.heldout and self.heldout.get("file") is not None:
+            self.path(str(self.heldout["file"]), what="the held-out inputs")
+
+
+def _providers(value: Any, f: _Fields) -> list[dict[str, Any]]:
+    """Execution providers as [{name, options}] (names and [name, options] pairs of older manifests read too)."""
+    out = []
+    for entry in value or []:
+        if isinstance(entry, str):
+            entry = {"name": entry, "options": {}}
+        elif isinstance(entry, list) and len(entry) == 2:
+            entry = {"name": entry[0], "options": entry[1] or {}}
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
+            raise f.fail("execution_providers", "a list of {name, options}")
+        options = entry.get("options") or {}
+        if not isinstance(options, dict) or not all(isinstance(v, str | int | float | bool) for v in options.values()):
+            raise f.fail("execution_providers", "a list of {name, options} with scalar option values")
+        out.append({"name": entry["name"], "options": dict(options)})
+    return out
+
+
+def _model_record(item: Any, f: _Fields) -> ModelRecord:
+    if not isinstance(item, dict):
+        raise f.fail("models", "a list of {file, kind, precision}")
+    m = _Fields(item, f.where)
+    file = m.get_str("file")
+    external = item.get("external_data") or ()
+    external = (external,) if isinstance(external, str) else external
+    if not isinstance(external, list | tuple) or not all(isinstance(e, str) for e in external):
+        raise m.fail("external_data", "a file name or a list of file names")
+    fidelity = m.get_obj("fidelity")
+    return ModelRecord(
+        file=file,
+        kind=m.get_str("kind", "fp32-optimized"),
+        precision=m.get_str("precision", "fp32"),
+        fidelity=fidelity,
+        optimization_level=m.get_str("optimization_level", None),
+        format=m.get_str("format", "ort" if file.endswith(".ort") else "onnx"),
+        external_data=tuple(external),
+    )
+
+
+def read_manifest(folder: Path | str, *, check: bool = True) -> RunManifest | BundleManifest:
+    """Read a run folder's or a bundle's manifest, whichever ``folder`` holds."""
+    root = Path(folder)
+    data, _ = _load(root)
+    schema = data.get("schema")
+    if schema in BUNDLE_SCHEMAS:
+        return BundleManifest.read(root, check=check)
+    if schema in RUN_SCHEMAS:
+        return RunManifest.read(root, check=check)
+    raise InputError(f"{root / MANIFEST} has an unknown schema {schema!r}: give a folder written by onnx-pipeline")

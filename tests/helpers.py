@@ -1,0 +1,165 @@
+"""What the tests share: the one tiny CNN, the one photo writer, run folders and builder contexts made in code.
+
+A test never imports another test; it imports this module (and fixtures come from conftest.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_pipeline.imagespec import PreprocessSpec
+
+#: skimage.data photographs (RGB unless noted); each one is a real photograph, shipped with scikit-image
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "cat",
+    "coins",  # greyscale: converted to RGB by the loader
+    "camera",  # greyscale
+    "moon",  # greyscale
+    "page",  # greyscale
+)
+TINY_CLASSES = 10
+
+
+def write_photos(folder: Path, names: tuple[str, ...] = PHOTOS) -> list[Path]:
+    """Write skimage.data photographs as PNG/JPEG files into ``folder``; returns their paths."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, name in enumerate(names):
+        array = np.asarray(getattr(data, name)())
+        if array.dtype != np.uint8:
+            array = (255 * (array - array.min()) / max(float(array.max() - array.min()), 1e-9)).astype(np.uint8)
+        if array.ndim == 3 and array.shape[2] == 4:
+            array = array[:, :, :3]
+        suffix = ".jpg" if index % 2 else ".png"
+        path = folder / f"{index:02d}-{name}{suffix}"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def tiny_module(seed: int = 0, classes: int = TINY_CLASSES) -> Any:
+    """The tiny VGG-shaped model of the registry (``tiny-vgg``), seeded, in eval mode."""
+    import torch
+
+    from onnx_pipeline.sources import build_tiny_vgg
+
+    torch.manual_seed(seed)
+    return build_tiny_vgg(classes).eval()
+
+
+def export_onnx(module: Any, path: Path, *, size: int = 32, dynamic_batch: bool = True, opset: int = 18) -> Path:
+    """Export ``module`` (one NCHW image input) with the dynamo exporter; returns ``path``."""
+    import torch
+
+    example = torch.randn(2 if dynamic_batch else 1, 3, size, size)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    program = torch.onnx.export(
+        module,
+        (example,),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes=dynamic_shapes,
+        opset_version=opset,
+        verbose=False,
+    )
+    assert program is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def tiny_spec(size: int) -> PreprocessSpec:
+    return PreprocessSpec(resize=size + size // 7, crop=(size, size))
+
+
+def run_manifest_for(folder: Path, model_file: str = "model.onnx", **fields: Any) -> Any:
+    """A ``RunManifest`` describing ``folder/model_file`` (written with ``.write(folder)`` by the caller)."""
+    from onnx_pipeline.manifest import RUN_UNLISTED, ModelSource, RunManifest, TensorSpec, hash_folder
+    from onnx_pipeline.onnxfile import describe_model
+
+    info = describe_model(folder / model_file)
+    size = int(info.inputs[0].shape[-1])
+    classes = info.outputs[0].shape[-1]
+    values: dict[str, Any] = {
+        "inputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.inputs),
+        "outputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.outputs),
+        "dynamic_batch": isinstance(info.inputs[0].shape[0], str),
+        "task": "classification",
+        "preprocessing": tiny_spec(size),
+        "labels": tuple(f"class_{i}" for i in range(classes)) if isinstance(classes, int) else None,
+        "versions": {},
+        "timings": {},
+        "files": hash_folder(folder, exclude=RUN_UNLISTED),
+        "model_file": model_file,
+        "opset": info.opset,
+        "ir_version": info.ir_version,
+        "input_shape": (1, *(int(d) for d in info.inputs[0].shape[1:])),
+        "source": ModelSource(model="tiny-vgg", kind="builtin", weights="random"),
+    }
+    values.update(fields)
+    return RunManifest(**values)
+
+
+def make_run_folder(
+    folder: Path, *, size: int = 32, dynamic_batch: bool = True, seed: int = 0, module: Any = None, opset: int = 18
+) -> Path:
+    """A run folder around a tiny exported model (or ``module``), its manifest written by ``RunManifest``."""
+    export_onnx(module if module is not None else tiny_module(seed), folder / "model.onnx", size=size,
+                dynamic_batch=dynamic_batch, opset=opset)  # fmt: skip
+    run_manifest_for(folder).write(folder)
+    return folder
+
+
+def build_artifact(
+    model_path: Path,
+    target: Any,
+    kind: str,
+    calibration: np.ndarray | None,
+    heldout: np.ndarray,
+    out: Path,
+    *,
+    labels: tuple[str, ...] | None = None,
+    synthetic: bool = True,
+) -> Any:
+    """Run one artifact builder on ``model_path`` with in-memory data, as the bundle step would; returns its result."""
+    from onnx_pipeline.artifacts import load_builder
+    from onnx_pipeline.artifacts.base import BuildContext, BundleData, run_batches
+    from onnx_pipeline.onnxfile import infer_shapes, load_onnx
+    from onnx_pipeline.runtime.session import create_session
+
+    folder = model_path.parent
+    run = run_manifest_for(folder, model_path.name, labels=labels)
+    model = load_onnx(model_path)
+    infer_shapes(model)
+    info = {"synthetic": synthetic, "samples": len(heldout)}
+    data = BundleData(calibration, None if calibration is None else info, heldout, info)
+    session = create_session(model_path)
+    per_sample = [run_batches(session, heldout[i : i + 1]) for i in range(len(heldout))]
+    reference = [np.concatenate([r[j] for r in per_sample]) for j in range(len(per_sample[0]))]
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = BuildContext(
+        target=target,
+        out=out,
+        run=run,
+        model_path=model_path,
+        model=model,
+        data=data,
+        reference=tuple(reference),
+        output_names=tuple(o.name for o in model.graph.output),
+        dynamic_batch=run.dynamic_batch and target.batch == "dynamic",
+    )
+    return load_builder(kind).build(ctx)
