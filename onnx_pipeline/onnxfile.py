@@ -251,9 +251,6 @@ class TensorInfo:
     shape: tuple[int | str, ...]
     dtype: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -267,18 +264,6 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     op_types: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "nodes": self.nodes,
-            "initializers": self.initializers,
-            "size_bytes": self.size_bytes,
-            "opset": self.opset,
-            "ir_version": self.ir_version,
-            "inputs": [t.to_dict() for t in self.inputs],
-            "outputs": [t.to_dict() for t in self.outputs],
-            "op_types": self.op_types,
-        }
 
 
 def _tensor_infos(values: Any) -> tuple[TensorInfo, ...]:

@@ -11,7 +11,6 @@ import pytest
 from runtime_fixtures import TINY_FLOPS, build_tiny_model, tiny_bundle  # tests/ is on sys.path under pytest
 
 from onnx_pipeline.bench import (
-    BENCH_COLUMNS,
     BenchConfig,
     BenchResult,
     FlopCount,
@@ -26,6 +25,8 @@ from onnx_pipeline.bench import (
     time_runs,
 )
 from onnx_pipeline.errors import InputError
+from onnx_pipeline.bench.table import BENCH_COLUMNS
+from onnx_pipeline.files import json_text
 
 pytest.importorskip("onnx")
 
@@ -112,7 +113,7 @@ def test_table_json_and_summary(result: BenchResult) -> None:
     assert header == BENCH_COLUMNS
     assert len(rows) == len(result.rows) and all(len(r) == len(header) for r in rows)
     assert all(isinstance(cell, str) for r in rows for cell in r)
-    data = json.loads(json.dumps(result.to_dict()))
+    data = json.loads(json_text(result))
     assert data["rows"][0]["p50_ms"] > 0
     lines = bench_summary(result)
     assert any("GFLOP/s" in line for line in lines) and any("per image" in line for line in lines)
@@ -122,7 +123,7 @@ def test_without_torch_model_the_baseline_is_skipped() -> None:
     config = BenchConfig(batch_sizes=(1,), models=("fp32",), **FAST)  # type: ignore[arg-type]
     result = benchmark_bundle(tiny_bundle(with_int8=True), config)
     assert [r.model for r in result.rows] == ["fp32"]
-    assert any(what == "torch-eager" for what, _ in result.skipped)
+    assert any(s.what == "torch-eager" for s in result.skipped)
     with pytest.raises(InputError, match="no model"):
         benchmark_bundle(tiny_bundle(), BenchConfig(models=("fp16",), **FAST))  # type: ignore[arg-type]
 

@@ -19,6 +19,11 @@ from onnx_pipeline.imagespec import PreprocessSpec
 
 # Refuse images above this many pixels (Pillow's own bomb limit is ~89 MP; we raise, not warn).
 MAX_IMAGE_PIXELS = 64_000_000
+# Refuse a resize whose result would be larger than this (a 1x20000 strip resized to a 256 short side
+# would be 256x5120000): what the resize allocates is bounded, not only what the decoder does.
+MAX_RESIZED_PIXELS = 16_000_000
+#: 16-bit (and 32-bit integer) greyscale modes: converted to 8 bits by their real range, not clipped
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -59,6 +64,10 @@ def load_image(source: Path | str | bytes | bytearray, *, color: str = "RGB") ->
                 if image.mode == "P" and "transparency" in image.info:
                     # Pillow warns when converting such palettes straight to RGB.
                     converted = image.convert("RGBA").convert(color)
+                elif image.mode in _WIDE_MODES:
+                    converted = _wide_to_8bit(image, name).convert(color)
+                elif image.mode == "F":
+                    raise InputError(f"{name} holds floating-point pixels: save it as an 8- or 16-bit image")
                 else:
                     converted = image.convert(color)
     except InputError:
@@ -72,6 +81,21 @@ def load_image(source: Path | str | bytes | bytearray, *, color: str = "RGB") ->
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{name} is a corrupt or truncated image ({exc}): re-export or re-download it") from None
     return converted
+
+
+def _wide_to_8bit(image: Any, name: str) -> Any:
+    """A 16-bit greyscale image as 8 bits by its real range (0..65535 → 0..255, rounded), not clipped at 255.
+
+    Pillow's own ``convert("L")`` clips, which turned a mid-grey 16-bit photograph white. The array is
+    as large as the image, which the pixel limit already bounds.
+    """
+    from PIL import Image
+
+    values = np.asarray(image)
+    if values.dtype == np.int32 and (values.min() < 0 or values.max() > 65535):
+        raise InputError(f"{name} holds 32-bit pixel values outside 0..65535: save it as an 8- or 16-bit image")
+    eight = np.rint(values.astype(np.float32) / np.float32(257.0)).astype(np.uint8)
+    return Image.fromarray(eight, mode="L")
 
 
 def preprocess_image(image: Any, spec: PreprocessSpec) -> np.ndarray:
@@ -89,6 +113,11 @@ def preprocess_image(image: Any, spec: PreprocessSpec) -> np.ndarray:
         new_w, new_h = spec.resize, int(spec.resize * height / width)
     else:
         new_h, new_w = spec.resize, int(spec.resize * width / height)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise InputError(
+            f"the image is {width}x{height}: resizing its shorter side to {spec.resize} would make {new_w}x{new_h} "
+            f"pixels, over the {MAX_RESIZED_PIXELS:,}-pixel limit; crop it to a less extreme shape first"
+        )
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), Image.Resampling(_RESAMPLE[spec.interpolation]))
     crop_h, crop_w = spec.crop

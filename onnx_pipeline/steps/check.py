@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from onnx_pipeline.errors import CheckError
 from onnx_pipeline.onnxfile import ModelInfo, describe_model, load_onnx
@@ -18,9 +17,6 @@ class CheckResult:
     path: Path
     info: ModelInfo
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path.name, "passed": True, "seconds": round(self.seconds, 3), **self.info.to_dict()}
 
 
 def check_model(path: Path) -> CheckResult:

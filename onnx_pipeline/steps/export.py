@@ -44,19 +44,6 @@ class ExportResult:
     findings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path.name,
-            "requested": self.requested,
-            "used": self.used,
-            "opset": self.opset,
-            "dynamic_batch": self.dynamic_batch,
-            "external_data": self.external_data,
-            "fallbacks": self.fallbacks,
-            "findings": self.findings,
-            "seconds": round(self.seconds, 3),
-        }
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()

@@ -53,24 +53,6 @@ class SimplifyResult:
     seconds: float = 0.0
     findings: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        def counts(info: ModelInfo | None) -> dict[str, Any] | None:
-            if info is None:
-                return None
-            return {"nodes": info.nodes, "initializers": info.initializers, "size_bytes": info.size_bytes}
-
-        return {
-            "backend": self.backend,
-            "applied": self.applied,
-            "changed": self.changed,
-            "reason": self.reason,
-            "before": counts(self.before),
-            "after": counts(self.after),
-            "weights_kept_out": self.weights_kept_out,
-            "output_max_abs_diff": self.output_max_abs_diff,
-            "seconds": round(self.seconds, 3),
-        }
-
 
 def _tensor_bytes(tensor: Any) -> int:
     import onnx
