@@ -76,9 +76,9 @@ def _stock(model: Path, samples: Path, out: Path) -> None:
 def _ours(model: Path, samples: Path, out: Path) -> None:
     import numpy as np
     import onnx
+
     from onnx_pipeline.artifacts.int8_qdq import quantize_qdq
     from onnx_pipeline.onnxfile import infer_shapes
-
     from onnx_pipeline.targets import load_target
 
     spec = load_target("cpu-x86_64").quantization

@@ -24,8 +24,8 @@ from onnx_pipeline.bench import (
     measure_gemv_bandwidth,
     time_runs,
 )
-from onnx_pipeline.errors import InputError
 from onnx_pipeline.bench.table import BENCH_COLUMNS
+from onnx_pipeline.errors import InputError
 from onnx_pipeline.files import json_text
 
 pytest.importorskip("onnx")
