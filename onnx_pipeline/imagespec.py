@@ -29,15 +29,25 @@ class PreprocessSpec:
     normalise with ``mean``/``std``.
     """
 
+    #: the shorter side is resized to this (the longer one keeps the aspect ratio, truncated)
     resize: int = 256
+    #: the center crop, (height, width)
     crop: tuple[int, int] = (224, 224)
+    #: per-channel mean subtracted after scaling
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    #: per-channel standard deviation divided by
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    color: str = "RGB"  # "RGB" or "L"
+    #: "RGB" or "L" (greyscale)
+    color: str = "RGB"
+    #: "NCHW" or "NHWC"
     layout: str = "NCHW"
+    #: "bilinear", "bicubic" or "nearest" (Pillow's, with antialiasing, as torchvision)
     interpolation: str = "bilinear"
+    #: pixel values are multiplied by this (1/255: divided by 255, bit-exact with ToTensor)
     scale: float = 1.0 / 255.0
+    #: the input dtype (float32)
     dtype: str = "float32"
+    #: free-form notes a factory may add
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

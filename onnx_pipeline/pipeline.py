@@ -325,6 +325,9 @@ def run_verify(request: VerifyRequest, *, progress: Progress = _noop) -> RunRepo
             if request.model is None:
                 raise InputError(f"{path} is a file: say which PyTorch model it came from with --model (and --weights)")
             load_onnx(path, load_external_data=False)
+            missing = sorted(loc for loc in external_data_files(path) if not (path.parent / loc).is_file())
+            if missing:
+                raise InputError(f"{path.name} keeps its weights in {', '.join(missing)}, which is missing beside it")
             onnx_path, model_config = path, request.model
             preprocessing, task = None, None  # the model's own, found by reference_stage
         _verify_parity(onnx_path, model_config, preprocessing, task, request, report, progress)

@@ -163,3 +163,35 @@ def build_artifact(
         dynamic_batch=run.dynamic_batch and target.batch == "dynamic",
     )
     return load_builder(kind).build(ctx)
+
+
+def invoke(*args: str) -> Any:
+    """Run the CLI in-process (Typer's CliRunner) with ``args``."""
+    from typer.testing import CliRunner
+
+    from onnx_pipeline.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result: Any, *fragments: str, code: int = 2) -> None:
+    """The CLI failed with ``code``, one ``error:`` line on stderr holding every fragment, and no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("FAILED in")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def rewrite_manifest(folder: Path, edit: Any) -> None:
+    """Apply ``edit(data)`` to ``folder/manifest.json`` and re-sign its content digest, as a forger would."""
+    import json
+
+    from onnx_pipeline.manifest import content_digest
+
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    data["content_sha256"] = content_digest(data)
+    path.write_text(json.dumps(data))

@@ -25,6 +25,8 @@ class FlopCount:
     by_op: dict[str, int] = field(default_factory=dict)
     uncounted: tuple[str, ...] = ()
     weight_bytes: int = 0
+    #: bytes of every intermediate tensor of one image (an upper bound of what a run allocates per image)
+    activation_bytes: int = 0
     #: per-node detail: long, and only an input of the roofline (not in the JSON form)
     layers: tuple[tuple[int, int], ...] = field(default=(), metadata={"json": False})
 
@@ -54,7 +56,47 @@ def count_flops(model_path: Path) -> FlopCount:
     from onnx import shape_inference
 
     model = onnx.load(str(model_path), load_external_data=False)
-    graph = model.graph
+    _prepare_for_inference(model.graph)
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several untyped errors
+        raise BundleError(f"onnx shape inference failed on {model_path.name}: {exc}") from exc
+    shapes, weight_sizes = _shapes_and_weights(inferred.graph)
+    by_op: dict[str, int] = {}
+    uncounted: list[str] = []
+    layers: list[tuple[int, int]] = []
+    for node in inferred.graph.node:
+        flops = _node_flops(node, shapes)
+        if flops is None:
+            if node.op_type in _COUNTED_OPS:
+                uncounted.append(node.name or node.op_type)
+            continue
+        by_op[node.op_type] = by_op.get(node.op_type, 0) + flops
+        weight = node.input[3] if node.op_type in ("QLinearConv", "QLinearMatMul") else node.input[1]
+        layers.append((flops, weight_sizes.get(weight, 0)))
+    return FlopCount(
+        flops_per_image=sum(by_op.values()),
+        source=model_path.name,
+        by_op=by_op,
+        uncounted=tuple(uncounted),
+        weight_bytes=sum(nbytes for _, nbytes in layers),
+        activation_bytes=_activation_bytes(inferred.graph, shapes),
+        layers=tuple(layers),
+    )
+
+
+def _activation_bytes(graph: Any, shapes: dict[str, list[int | None]]) -> int:
+    """Sum of the float32 sizes of the graph's intermediate and output tensors at batch 1 (unknown dims as 1)."""
+    names = {v.name for v in (*graph.value_info, *graph.output)}
+    total = 0
+    for name in names:
+        dims = shapes.get(name) or []
+        total += 4 * int(np.prod([d or 1 for d in dims], dtype=np.int64))
+    return total
+
+
+def _prepare_for_inference(graph: Any) -> None:
+    """Batch 1, nodes in order, stale shapes dropped, fused contrib ops renamed to their standard form."""
     initializer_names = {init.name for init in graph.initializer}
     for graph_input in graph.input:
         if graph_input.name in initializer_names:
@@ -81,49 +123,31 @@ def count_flops(model_path: Path) -> FlopCount:
             del node.attribute[:]
             node.attribute.extend(kept)
             del node.input[3 if standard != "MatMul" else 2 :]  # FusedConv's optional Z (sum) input
-    try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as exc:  # onnx raises several untyped errors
-        raise BundleError(f"onnx shape inference failed on {model_path.name}: {exc}") from exc
+
+
+def _shapes_and_weights(graph: Any) -> tuple[dict[str, list[int | None]], dict[str, int]]:
+    """Every tensor's shape (None where unknown) and the bytes of each weight, followed through DQ/Cast."""
+    import onnx
+
     shapes: dict[str, list[int | None]] = {}
-    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+    for value in (*graph.value_info, *graph.input, *graph.output):
         dims = value.type.tensor_type.shape.dim
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     weight_sizes: dict[str, int] = {}
-    for init in inferred.graph.initializer:
+    for init in graph.initializer:
         shapes[init.name] = list(init.dims)
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         weight_sizes[init.name] = int(np.prod(init.dims, dtype=np.int64)) * itemsize
     # a QDQ model's weights reach Conv/MatMul through DequantizeLinear (or a Cast/Transpose): follow it
-    for node in inferred.graph.node:
+    for node in graph.node:
         if node.op_type in ("DequantizeLinear", "Cast", "Transpose", "Identity") and node.input[0] in weight_sizes:
             weight_sizes.setdefault(node.output[0], weight_sizes[node.input[0]])
-    for node in inferred.graph.node:  # Constant weights (some exporters emit them)
+    for node in graph.node:  # Constant weights (some exporters emit them)
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
                     shapes[node.output[0]] = list(attr.t.dims)
-
-    by_op: dict[str, int] = {}
-    uncounted: list[str] = []
-    layers: list[tuple[int, int]] = []
-    for node in inferred.graph.node:
-        flops = _node_flops(node, shapes)
-        if flops is None:
-            if node.op_type in _COUNTED_OPS:
-                uncounted.append(node.name or node.op_type)
-            continue
-        by_op[node.op_type] = by_op.get(node.op_type, 0) + flops
-        weight = node.input[3] if node.op_type in ("QLinearConv", "QLinearMatMul") else node.input[1]
-        layers.append((flops, weight_sizes.get(weight, 0)))
-    return FlopCount(
-        flops_per_image=sum(by_op.values()),
-        source=model_path.name,
-        by_op=by_op,
-        uncounted=tuple(uncounted),
-        weight_bytes=sum(nbytes for _, nbytes in layers),
-        layers=tuple(layers),
-    )
+    return shapes, weight_sizes
 
 
 def _ordered(nodes: list[Any]) -> list[Any]:

@@ -182,6 +182,7 @@ def benchmark_bundle(bundle_dir: Path | str, config: BenchConfig | None = None) 
     if not entries:
         raise InputError(f"no model of {root} matches {list(config.models or ())}: choose from {_names(all_entries)}")
     settings = _settings(config, manifest)
+    _check_memory(manifest, entries, config)
 
     rng = np.random.default_rng(config.seed)
     rows: list[BenchRow] = []
@@ -219,7 +220,7 @@ def benchmark_bundle(bundle_dir: Path | str, config: BenchConfig | None = None) 
                 rows.append(_row("torch-eager", "eager", "fp32", batch, seconds))
         except ImportError as exc:
             skipped.append(("torch-eager", f"torch is not importable: {exc}"))
-    elif config.eager:
+    elif config.eager and not any(what == "torch-eager" for what, _ in skipped):
         skipped.append(("torch-eager", "no torch_model given to rebuild the PyTorch model"))
 
     gemm = measure_gemm_rate(config.gemm_size, config.gemm_repeats)
@@ -239,6 +240,55 @@ def benchmark_bundle(bundle_dir: Path | str, config: BenchConfig | None = None) 
         environment=_environment(),
         memory=memory,
     )
+
+
+def _check_memory(manifest: RunManifest | BundleManifest, entries: Sequence[ModelRecord], config: BenchConfig) -> None:
+    """Refuse batch sizes whose activations cannot fit in this machine's available memory (before any run)."""
+    model = next((e for e in entries if e.format == "onnx"), None)
+    available = available_memory()
+    if model is None or available is None:
+        return
+    try:
+        count = count_flops(manifest.path(model.file))
+    except BundleError:
+        return
+    batch = max(config.batch_sizes)
+    need = batch * count.activation_bytes + 2 * count.weight_bytes
+    if need > 0.8 * available:
+        fits = max(1, int((0.8 * available - 2 * count.weight_bytes) // max(count.activation_bytes, 1)))
+        raise InputError(
+            f"batch size {batch} needs about {need / 2**30:.1f} GiB for {model.file} (activations "
+            f"{count.activation_bytes / 2**20:.0f} MiB per image), more than the {available / 2**30:.1f} GiB "
+            f"available here: use batch sizes up to about {fits}"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of Linux's MemAvailable, the cgroup's memory limit and
+    the address-space rlimit (None where none is known)."""
+    limits: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            limits.append(int(text) - used)
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(limits) if limits else None
 
 
 def _settings(config: BenchConfig, manifest: RunManifest | BundleManifest) -> SessionSettings:

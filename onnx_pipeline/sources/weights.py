@@ -56,15 +56,13 @@ def _load_state_dict_file(module: Any, path: Path) -> str:
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines()]
         detail = next((line for line in lines if "GLOBAL" in line or "global" in line), "")
-        if "Weights only load failed" in str(exc):
-            why = f" ({detail})" if detail else ""
+        imports = detail or _pickle_imports(path)
+        if imports:
             raise ModelSourceError(
-                f"refused to load {path}: it is a pickle that carries code, not plain tensors{why}. "
+                f"refused to load {path}: it is a pickle that carries code, not plain tensors ({imports}). "
                 "Save weights with torch.save(model.state_dict(), path)"
             ) from None
-        raise ModelSourceError(
-            f"{path} is not a PyTorch weights file ({first_line(exc)}): give a file saved with torch.save"
-        ) from None
+        raise ModelSourceError(f"{path} is not a PyTorch weights file: give a file saved with torch.save") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelSourceError(f"{path} is not a readable PyTorch weights file: {first_line(exc)}") from None
     state = loaded
@@ -92,6 +90,27 @@ def _load_state_dict_file(module: Any, path: Path) -> str:
     if problems:
         raise ModelSourceError(f"weights in {path} do not fit the model: {'; '.join(problems)}")
     return sha256_file(path)
+
+
+def _pickle_imports(path: Path) -> str:
+    """What a plain pickle file would import and call (read with pickletools, nothing executed), or ""."""
+    import pickletools
+    import warnings
+
+    found: list[str] = []
+    complete = False
+    try:
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for opcode, arg, _ in pickletools.genops(handle):
+                if opcode.name in ("GLOBAL", "INST") and arg and len(found) < 3:
+                    found.append(str(arg).replace(" ", "."))
+                elif opcode.name in ("STACK_GLOBAL", "REDUCE") and not found:
+                    found.append(f"{opcode.name} opcode")
+                complete = opcode.name == "STOP"
+    except Exception:  # not a pickle stream at all: random bytes, another format
+        return ""
+    return ", ".join(found) if complete else ""
 
 
 def _names(keys: list[str], limit: int = 5) -> str:

@@ -1,112 +1,33 @@
-"""Typed manifests of run folders and bundles, and the trust boundary around the folders they describe.
-
-A run folder or a bundle is handed from machine to machine: it is untrusted input. Every reader of a
-manifest goes through ``RunManifest.read`` / ``BundleManifest.read`` (or ``read_manifest`` for
-either), which
-
-- validates every field it returns (types, ranges, names), refusing a malformed manifest with one
-  line (``InputError``, exit 2);
-- checks the manifest's own ``content_sha256`` (written by ``write``), so an edit of labels,
-  preprocessing or any other field after the folder was written is caught;
-- requires every path to be relative, to stay inside the folder once symlinks are resolved, and to
-  be listed in ``files`` with its sha256; every listed file is hashed before anything is loaded
-  (``IntegrityError``).
-
-Hashes catch damage and careless edits, not a forger: whoever can rewrite the files can rewrite the
-hashes. ``ManifestBase.digest`` (the sha256 of ``manifest.json``) identifies a folder's exact content
-and can be compared with the digest the sender printed (see the README's security model).
-
-Schema versions: ``/2`` is written; ``/1`` still reads (a bundle's per-artifact sections were
-top-level keys then, ``artifacts`` now).
-"""
+"""The manifest types: ``RunManifest`` and ``BundleManifest`` with their validating ``read`` and ``write``."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from onnx_pipeline.errors import InputError, IntegrityError
-from onnx_pipeline.files import sha256_file, to_jsonable, write_json
+from onnx_pipeline.files import to_jsonable, write_json
 from onnx_pipeline.imagespec import PreprocessSpec
+from onnx_pipeline.manifest.folder import (
+    BUNDLE_SCHEMA,
+    BUNDLE_SCHEMAS,
+    MANIFEST,
+    RUN_SCHEMA,
+    RUN_SCHEMAS,
+    check_files,
+    content_digest,
+    inside,
+    load_raw,
+)
 
-MANIFEST = "manifest.json"
-RUN_SCHEMA = "onnx-pipeline/run/2"
-BUNDLE_SCHEMA = "onnx-pipeline/bundle/2"
-RUN_SCHEMAS = ("onnx-pipeline/run/1", RUN_SCHEMA)
-BUNDLE_SCHEMAS = ("onnx-pipeline/bundle/1", BUNDLE_SCHEMA)
-#: files of a run folder that ``files`` does not list: the manifest itself, reports, and the bundles
-RUN_UNLISTED = ("manifest.json", "report.json", "report.html", "bundles")
 #: bundle schema /1 kept each artifact kind's section at the top level under these names
 _V1_SECTIONS = {"quantization": "int8-qdq", "fp16": "fp16", "triton": "triton", "vitis": "vitis-ai"}
 
 M = TypeVar("M", bound="ManifestBase")
-
-
-# --------------------------------------------------------------------------- paths and hashes
-
-
-def inside(root: Path, rel: str, *, what: str = "a path") -> Path:
-    """``root/rel`` when ``rel`` is a relative POSIX path that stays inside ``root`` (symlinks resolved)."""
-    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
-        raise IntegrityError(f"{MANIFEST} in {root} names {what} {rel!r} that is not a relative path: rebuild it")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or (pure.parts and pure.parts[0].endswith(":")):
-        raise IntegrityError(f"{MANIFEST} in {root} names {what} {rel!r} outside the folder: refused")
-    path = Path(root).joinpath(*pure.parts)
-    real_root = Path(root).resolve()
-    try:
-        path.resolve().relative_to(real_root)
-    except ValueError:
-        raise IntegrityError(
-            f"{MANIFEST} in {root} names {what} {rel!r}, which resolves outside the folder (a symlink?): refused"
-        ) from None
-    return path
-
-
-def check_files(root: Path, files: Mapping[str, str]) -> None:
-    """Every listed file exists inside ``root`` and matches its sha256; one error names every problem."""
-    problems: list[str] = []
-    for rel, expected in files.items():
-        path = inside(root, rel, what="the file")
-        if not path.is_file():
-            problems.append(f"{rel} is missing")
-        elif sha256_file(path) != expected:
-            problems.append(f"{rel} does not match its sha256 (altered or truncated)")
-    if problems:
-        raise IntegrityError(
-            f"{root} fails its integrity check: " + "; ".join(problems) + ". Copy it again or rebuild it"
-        )
-
-
-def hash_folder(root: Path, *, exclude: tuple[str, ...] = (), known: Mapping[str, str] | None = None) -> dict[str, str]:
-    """sha256 of every file under ``root`` by POSIX path, sorted, minus ``exclude`` (names or top folders).
-
-    ``known`` holds digests computed while the files were written (not read again). A symlink is refused:
-    a folder onnx-pipeline writes holds none.
-    """
-    known = known or {}
-    hashes: dict[str, str] = {}
-    for path in sorted(Path(root).rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if rel in exclude or rel.split("/", 1)[0] in exclude:
-            continue
-        if path.is_symlink():
-            raise IntegrityError(f"{path} is a symbolic link: a folder onnx-pipeline writes holds none")
-        if path.is_file():
-            hashes[rel] = known.get(rel) or sha256_file(path)
-    return hashes
-
-
-def content_digest(data: Mapping[str, Any]) -> str:
-    """sha256 of a manifest's content (canonical JSON without ``content_sha256`` itself)."""
-    body = {k: v for k, v in data.items() if k != "content_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- field validation
@@ -211,8 +132,11 @@ class _Fields:
 class TensorSpec:
     """A graph input or output: name, shape (a dynamic dim is its name) and numpy dtype name."""
 
+    #: the graph's tensor name
     name: str
+    #: one entry per axis: an int, or the name of a dynamic axis ("batch")
     shape: tuple[int | str, ...]
+    #: numpy dtype name
     dtype: str = "float32"
 
 
@@ -220,13 +144,21 @@ class TensorSpec:
 class ModelSource:
     """Where the PyTorch model of a run came from (provenance; nothing here is run unless the user asks)."""
 
+    #: the ``--model`` name (a registry name, ``file.py:factory`` or an archive's file name)
     model: str
-    kind: str  # "torchvision", "builtin", "factory" or "torchscript"
+    #: "torchvision", "builtin", "factory" or "torchscript"
+    kind: str
+    #: where the code or archive lives (provenance: never run unless the user opts in)
     location: str = ""
+    #: "random", "imagenet", "embedded" (TorchScript) or the weights file given
     weights: str = "random"
+    #: the weights file used, if any (provenance: read only when the user opts in)
     weights_file: str | None = None
+    #: sha256 of that weights file
     weights_sha256: str | None = None
+    #: seed of random weights and of the verification inputs
     seed: int = 0
+    #: random weights were rescaled to unit output std (see sources.weights)
     rescaled_random: bool = True
 
     @property
@@ -258,14 +190,23 @@ class ModelSource:
 class ManifestBase:
     """What run and bundle manifests share: the folder's files, I/O, preprocessing, labels, provenance."""
 
+    #: the model's inputs (a bundle: as its models take them)
     inputs: tuple[TensorSpec, ...]
+    #: the model's outputs
     outputs: tuple[TensorSpec, ...]
+    #: whether the batch axis is free
     dynamic_batch: bool
+    #: "classification" or "generic"
     task: str
+    #: how an image becomes the model input (``imagespec.PreprocessSpec``), or null for non-image models
     preprocessing: PreprocessSpec | None
+    #: class names, one per output class (checked against the output shape), or null
     labels: tuple[str, ...] | None
+    #: versions of the tools that made the folder
     versions: Mapping[str, str]
+    #: seconds per stage
     timings: Mapping[str, float]
+    #: {relative POSIX path: sha256} of every file of the folder (see above for what is not listed)
     files: Mapping[str, str]
     #: the folder it was read from (not written)
     root: Path | None = field(default=None, compare=False, metadata={"json": False})
@@ -301,7 +242,7 @@ class ManifestBase:
     def read(cls: type[M], folder: Path | str, *, check: bool = True) -> M:
         """Read and validate ``folder/manifest.json``; with ``check``, hash every listed file too."""
         root = Path(folder)
-        data, digest = _load(root)
+        data, digest = load_raw(root)
         schema = data.get("schema")
         if schema not in cls.SCHEMAS:
             raise InputError(
@@ -346,41 +287,27 @@ class ManifestBase:
             )
 
 
-def _load(root: Path) -> tuple[dict[str, Any], str]:
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise InputError(f"{root} is not a folder: give a run folder or a bundle written by onnx-pipeline")
-    if not path.is_file():
-        raise InputError(f"{root} has no {MANIFEST}: give a run folder or a bundle (RUN/bundles/TARGET)")
-    raw = path.read_bytes()
-    if len(raw) > 64 << 20:
-        raise InputError(f"{path} is {len(raw) >> 20} MiB: too large for a manifest, refused")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{path} is not valid JSON ({type(exc).__name__}): rebuild the folder") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} is not a JSON object: rebuild the folder")
-    recorded = data.get("content_sha256")
-    if recorded is not None and recorded != content_digest(data):
-        raise IntegrityError(
-            f"{path} was edited after it was written (its content_sha256 no longer matches): rebuild the folder"
-        )
-    return data, hashlib.sha256(raw).hexdigest()
-
-
 @dataclass(frozen=True)
 class RunManifest(ManifestBase):
     """``RUN/manifest.json``: the exported model, how it was made, and its verification."""
 
+    #: the fp32 ONNX model, listed in ``files``
     model_file: str = "model.onnx"
+    #: its external weights file (over 2 GB or ``--external-data``), listed in ``files``, or null
     external_data: str | None = None
+    #: the default-domain opset of the model
     opset: int = 0
+    #: the model's ONNX IR version
     ir_version: int = 0
+    #: the input shape with the batch axis (batch 1 when dynamic)
     input_shape: tuple[int, ...] = ()
+    #: where the PyTorch model came from (``ModelSource``)
     source: ModelSource | None = None
+    #: {requested, used, fallbacks, findings}: which exporter made the model
     exporter: Mapping[str, Any] = field(default_factory=dict)
+    #: the simplification result (counts before and after, whether it was kept)
     simplify: Mapping[str, Any] | None = None
+    #: the parity result (per-output figures, tolerances, passed)
     verification: Mapping[str, Any] | None = None
 
     SCHEMAS: ClassVar[tuple[str, ...]] = RUN_SCHEMAS
@@ -421,12 +348,19 @@ class RunManifest(ManifestBase):
 class ModelRecord:
     """One model file of a bundle: its kind, precision, fidelity against the fp32 reference."""
 
+    #: the model file, listed in ``files``
     file: str
+    #: the artifact kind that made it (its builder module's name)
     kind: str
+    #: "fp32", "fp16" or "int8"
     precision: str
+    #: its figures against the fp32 reference on the held-out inputs, with the thresholds applied
     fidelity: Mapping[str, Any] | None = None
+    #: onnxruntime optimization level applied offline, if any
     optimization_level: str | None = None
+    #: "onnx", "ort", or another runtime's format
     format: str = "onnx"
+    #: its external data files, listed in ``files``
     external_data: tuple[str, ...] = ()
 
     @property
@@ -439,12 +373,19 @@ class ModelRecord:
 class TargetInfo:
     """The hardware target a bundle was built for, as recorded (the profile itself is not needed to read it)."""
 
+    #: the target's name (a safe folder name)
     name: str
+    #: what it is for
     description: str = ""
+    #: the profile file it was read from
     profile: str = ""
+    #: its artifact kinds
     artifacts: tuple[str, ...] = ()
+    #: "static" or "dynamic"
     batch: str = "dynamic"
+    #: {min, max} opsets its runtime accepts
     opset: Mapping[str, int] = field(default_factory=dict)
+    #: the level applied to offline-optimised models
     offline_optimization: str | None = None
 
 
@@ -452,16 +393,25 @@ class TargetInfo:
 class BundleManifest(ManifestBase):
     """``RUN/bundles/<target>/manifest.json``: the models for one target, how to run them, their fidelity."""
 
+    #: the target it was built for (``TargetInfo``)
     target: TargetInfo = field(default_factory=lambda: TargetInfo(name="?"))
+    #: every model of the bundle (``ModelRecord``)
     models: tuple[ModelRecord, ...] = ()
+    #: the model a runtime loads by default (the fastest the target carries)
     default_model: str | None = None
+    #: [{name, options}] in order, options as onnxruntime takes them (strings)
     execution_providers: tuple[Mapping[str, Any], ...] = ()
+    #: {graph_optimization_level, intra_op_num_threads, config_entries} for the device's session
     session_options: Mapping[str, Any] = field(default_factory=dict)
+    #: the precisions of its models
     precisions: tuple[str, ...] = ()
+    #: how calibration data was made (images used, or SYNTHETIC), or null
     calibration: Mapping[str, Any] | None = None
+    #: the held-out inputs: {file, samples, images or synthetic}
     heldout: Mapping[str, Any] | None = None
     #: each artifact kind's section ({kind: section}), as its builder returned it
     artifacts: Mapping[str, Any] = field(default_factory=dict)
+    #: the run folder's {model_file, model_sha256, source, opset}
     run: Mapping[str, Any] = field(default_factory=dict)
 
     SCHEMAS: ClassVar[tuple[str, ...]] = BUNDLE_SCHEMAS
@@ -513,8 +463,24 @@ class BundleManifest(ManifestBase):
                 self.path(extra, what="the external data")
         if self.default_model is not None and all(m.file != self.default_model for m in self.models):
             raise InputError(f"{self.root}/{MANIFEST}: default_model {self.default_model!r} is not one of its models")
+        _check_session_options(self.session_options, self.root)
         if self.heldout and self.heldout.get("file") is not None:
             self.path(str(self.heldout["file"]), what="the held-out inputs")
+
+
+def _check_session_options(options: Mapping[str, Any], root: Path | None) -> None:
+    """The fields of ``session_options`` a device reads: a known optimization level, thread counts >= 0."""
+    from onnx_pipeline.targets import normalise_optimization_level
+
+    level = options.get("graph_optimization_level", "all")
+    ok = isinstance(level, str) and normalise_optimization_level(level) is not None
+    for key in ("intra_op_num_threads", "inter_op_num_threads"):
+        value = options.get(key, 0)
+        ok = ok and isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 4096
+    entries = options.get("config_entries", {})
+    ok = ok and isinstance(entries, dict) and all(isinstance(v, str | int | float) for v in entries.values())
+    if not ok:
+        raise InputError(f"{root}/{MANIFEST}: session_options are malformed: rebuild the bundle")
 
 
 def _providers(value: Any, f: _Fields) -> list[dict[str, Any]]:
@@ -544,6 +510,12 @@ def _model_record(item: Any, f: _Fields) -> ModelRecord:
     if not isinstance(external, list | tuple) or not all(isinstance(e, str) for e in external):
         raise m.fail("external_data", "a file name or a list of file names")
     fidelity = m.get_obj("fidelity")
+    thresholds = (fidelity or {}).get("thresholds")
+    if thresholds is not None and (
+        not isinstance(thresholds, dict)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in thresholds.values())
+    ):
+        raise InputError(f"{f.where}: models[].fidelity.thresholds must be an object of numbers: rebuild the bundle")
     return ModelRecord(
         file=file,
         kind=m.get_str("kind", "fp32-optimized"),
@@ -558,7 +530,7 @@ def _model_record(item: Any, f: _Fields) -> ModelRecord:
 def read_manifest(folder: Path | str, *, check: bool = True) -> RunManifest | BundleManifest:
     """Read a run folder's or a bundle's manifest, whichever ``folder`` holds."""
     root = Path(folder)
-    data, _ = _load(root)
+    data, _ = load_raw(root)
     schema = data.get("schema")
     if schema in BUNDLE_SCHEMAS:
         return BundleManifest.read(root, check=check)
