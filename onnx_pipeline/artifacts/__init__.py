@@ -2,8 +2,9 @@
 
 A target profile lists artifact kinds (``artifacts = ["fp32-optimized", "int8-qdq"]``); kind ``k``
 is built by the module ``onnx_pipeline.artifacts.<k with '-' as '_'>``, which satisfies
-``base.ArtifactBuilder``. Adding an artifact kind is adding one module and naming it in a profile:
-nothing registers itself on import, nothing else lists the kinds.
+``base.ArtifactBuilder``: ``SPEC = BuilderSpec(...)`` and ``build(ctx)``. Adding an artifact kind is
+adding one module and naming it in a profile: nothing registers itself on import, nothing else lists
+the kinds.
 
 A builder module may also define ``verify_section(manifest, section) -> dict | None``: checks of its
 own files that ``onnx-pipeline verify BUNDLE`` makes beside hashes and fidelity (e.g. the Triton
@@ -39,8 +40,9 @@ def load_builder(kind: str) -> ArtifactBuilder:
     if not isinstance(kind, str) or not _KIND.match(kind) or kind not in available_kinds():
         raise TargetError(f"unknown artifact kind {kind!r}: choose from {', '.join(available_kinds())}")
     module: ModuleType = importlib.import_module(f"{__name__}.{kind.replace('-', '_')}")
-    if getattr(module, "KIND", None) != kind:
-        raise TargetError(f"the builder module for {kind!r} declares KIND {getattr(module, 'KIND', None)!r}")
+    spec = getattr(module, "SPEC", None)
+    if getattr(spec, "kind", None) != kind:
+        raise TargetError(f"the builder module for {kind!r} declares the kind {getattr(spec, 'kind', None)!r}")
     return cast("ArtifactBuilder", module)
 
 
@@ -49,20 +51,20 @@ def builders_for(target: HardwareTarget) -> list[ArtifactBuilder]:
     builders = [load_builder(kind) for kind in target.artifacts]
     where = f"target profile {target.source}"
     for builder in builders:
-        if builder.PRECISION not in target.precisions:
+        if builder.SPEC.precision not in target.precisions:
             raise TargetError(
-                f"{where}: artifact '{builder.KIND}' makes {builder.PRECISION} models but 'precisions' is "
+                f"{where}: artifact '{builder.SPEC.kind}' makes {builder.SPEC.precision} models but 'precisions' is "
                 f"{list(target.precisions)}"
             )
-        for table in builder.REQUIRES:
+        for table in builder.SPEC.requires:
             if target.table(table) is None:
-                raise TargetError(f"{where}: artifact '{builder.KIND}' needs a [{table}] table")
-        for other in builder.NEEDS:
+                raise TargetError(f"{where}: artifact '{builder.SPEC.kind}' needs a [{table}] table")
+        for other in builder.SPEC.needs:
             if other not in target.artifacts:
-                raise TargetError(f"{where}: artifact '{builder.KIND}' needs '{other}' in 'artifacts' too")
-    return sorted(builders, key=lambda b: b.ORDER)
+                raise TargetError(f"{where}: artifact '{builder.SPEC.kind}' needs '{other}' in 'artifacts' too")
+    return sorted(builders, key=lambda b: b.SPEC.order)
 
 
 def rewrites_opset(target: HardwareTarget) -> bool:
     """Whether every builder of ``target`` rewrites the model to its own opset and batch (Vitis AI does)."""
-    return all(load_builder(kind).REWRITES_OPSET for kind in target.artifacts)
+    return all(load_builder(kind).SPEC.rewrites_opset for kind in target.artifacts)

@@ -163,24 +163,31 @@ def timed(timings: dict[str, float], name: str, start: float) -> None:
     timings[name] = round(time.perf_counter() - start, 3)
 
 
+@dataclass(frozen=True)
+class BuilderSpec:
+    """What a builder module declares about itself, as ``SPEC = BuilderSpec(...)``."""
+
+    #: the artifact kind a profile names ("int8-qdq"); the module is named after it ("int8_qdq")
+    kind: str
+    #: the precision of the model(s) it makes; the profile must list it and give its fidelity thresholds
+    precision: str
+    #: build order: a builder may read ``ctx.built`` of kinds with a lower order
+    order: int
+    #: profile tables it needs (e.g. ("quantization",))
+    requires: tuple[str, ...] = ()
+    #: other artifact kinds the profile must list with it (e.g. triton needs "fp16")
+    needs: tuple[str, ...] = ()
+    #: it calibrates on images (the bundle step prepares calibration data)
+    calibrated: bool = False
+    #: it rewrites the model to the target's opset and batch itself (the export is not constrained)
+    rewrites_opset: bool = False
+    #: preference as the bundle's default model (lower first); None: never the default
+    default_rank: int | None = None
+
+
 class ArtifactBuilder(Protocol):
     """The module interface of a builder (a module satisfies it: mypy checks modules against protocols)."""
 
-    #: the artifact kind a profile names ("int8-qdq"); the module is named after it ("int8_qdq")
-    KIND: str
-    #: the precision of the model(s) it makes; the profile must list it and give its fidelity thresholds
-    PRECISION: str
-    #: build order: a builder may read ``ctx.built`` of kinds with a lower order
-    ORDER: int
-    #: profile tables it needs (e.g. ("quantization",))
-    REQUIRES: tuple[str, ...]
-    #: other artifact kinds the profile must list with it (e.g. triton needs "fp16")
-    NEEDS: tuple[str, ...]
-    #: it calibrates on images (the bundle step prepares calibration data)
-    CALIBRATED: bool
-    #: it rewrites the model to the target's opset and batch itself (the export is not constrained)
-    REWRITES_OPSET: bool
-    #: preference as the bundle's default model (lower first); None: never the default
-    DEFAULT_RANK: int | None
+    SPEC: BuilderSpec
 
     def build(self, ctx: BuildContext) -> ArtifactResult: ...

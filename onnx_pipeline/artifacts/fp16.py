@@ -10,19 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, timed
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, timed
 from onnx_pipeline.errors import BundleError, first_line
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import Fp16Spec
 
-KIND = "fp16"
-PRECISION = "fp16"
-ORDER = 40
-REQUIRES: tuple[str, ...] = ("fp16",)
-NEEDS: tuple[str, ...] = ()
-CALIBRATED = False
-REWRITES_OPSET = False
-DEFAULT_RANK: int | None = 30
+SPEC = BuilderSpec("fp16", "fp16", order=40, requires=("fp16",), default_rank=30)
 FILE = "model.fp16.onnx"
 
 
@@ -84,9 +77,9 @@ def build(ctx: BuildContext) -> ArtifactResult:
         "ops_kept_fp32": sorted({n.op_type for n in converted.graph.node if n.op_type in blocked}),
         "casts": sum(1 for n in converted.graph.node if n.op_type == "Cast"),
     }
-    model = ctx.check(FILE, KIND, PRECISION)
+    model = ctx.check(FILE, SPEC.kind, SPEC.precision)
     return ArtifactResult(
-        kind=KIND,
+        kind=SPEC.kind,
         models=(model,),
         section=section,
         timings=timings,

@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import time
 
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, timed
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, timed
 from onnx_pipeline.runtime.session import SessionSettings, create_session
 
-KIND = "fp32-optimized"
-PRECISION = "fp32"
-ORDER = 10
-REQUIRES: tuple[str, ...] = ()
-NEEDS: tuple[str, ...] = ()
-CALIBRATED = False
-REWRITES_OPSET = False
-DEFAULT_RANK: int | None = 40
+SPEC = BuilderSpec("fp32-optimized", "fp32", order=10, default_rank=40)
 FILE = "model.fp32.onnx"
 
 
@@ -51,9 +44,9 @@ def build(ctx: BuildContext) -> ArtifactResult:
     start = time.perf_counter()
     level = optimize_offline(ctx, FILE)
     timed(timings, "optimize", start)
-    model = ctx.check(FILE, KIND, PRECISION, level=level)
+    model = ctx.check(FILE, SPEC.kind, SPEC.precision, level=level)
     return ArtifactResult(
-        kind=KIND,
+        kind=SPEC.kind,
         models=(model,),
         timings=timings,
         readme=(f"- `{FILE}`: fp32 with onnxruntime's graph optimizations applied offline (level {level})",),

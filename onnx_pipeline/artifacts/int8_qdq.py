@@ -21,21 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec
 from onnx_pipeline.onnxfile import weightless_copy
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import QuantizationSpec
 
 log = logging.getLogger(__name__)
 
-KIND = "int8-qdq"
-PRECISION = "int8"
-ORDER = 30
-REQUIRES: tuple[str, ...] = ("quantization",)
-NEEDS: tuple[str, ...] = ()
-CALIBRATED = True
-REWRITES_OPSET = False
-DEFAULT_RANK: int | None = 10
+SPEC = BuilderSpec("int8-qdq", "int8", order=30, requires=("quantization",), calibrated=True, default_rank=10)
 FILE = "model.int8.onnx"
 
 #: samples per calibration run: bounds memory (VGG16: ~0.1 GB of activations per sample)
@@ -292,11 +285,11 @@ def build(ctx: BuildContext) -> ArtifactResult:
         ctx.model, ctx.model.graph.input[0].name, ctx.data.calibration, spec, dynamic_batch=ctx.dynamic_batch
     )
     onnx.save(quantized, str(ctx.out / FILE))
-    model = ctx.check(FILE, KIND, PRECISION)
+    model = ctx.check(FILE, SPEC.kind, SPEC.precision)
     section = {"file": FILE, **result.settings, "quantized_tensors": result.quantized_nodes}
     synthetic = bool(ctx.data.calibration_info and ctx.data.calibration_info.get("synthetic"))
     return ArtifactResult(
-        kind=KIND,
+        kind=SPEC.kind,
         models=(model,),
         section=section,
         timings={"calibrate": result.seconds_calibrate, "quantize": result.seconds_quantize},

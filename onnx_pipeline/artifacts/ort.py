@@ -6,18 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, timed
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, timed
 from onnx_pipeline.artifacts.fp32_optimized import optimize_offline
 from onnx_pipeline.errors import BundleError, first_line
 
-KIND = "ort"
-PRECISION = "fp32"
-ORDER = 20
-REQUIRES: tuple[str, ...] = ()
-NEEDS: tuple[str, ...] = ()
-CALIBRATED = False
-REWRITES_OPSET = False
-DEFAULT_RANK: int | None = 50
+SPEC = BuilderSpec("ort", "fp32", order=20, default_rank=50)
 FILE = "model.fp32.ort"
 OPERATORS = "required_operators.config"
 
@@ -41,9 +34,9 @@ def build(ctx: BuildContext) -> ArtifactResult:
     level = optimize_offline(ctx, FILE)
     write_required_operators(ctx.out / FILE, ctx.out / OPERATORS)
     timed(timings, "convert", start)
-    model = ctx.check(FILE, KIND, PRECISION, level=level)
+    model = ctx.check(FILE, SPEC.kind, SPEC.precision, level=level)
     return ArtifactResult(
-        kind=KIND,
+        kind=SPEC.kind,
         models=(model,),
         timings=timings,
         readme=(

@@ -17,21 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, timed
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, timed
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.targets import TritonSpec
 
 if TYPE_CHECKING:
     from onnx_pipeline.manifest import BundleManifest
 
-KIND = "triton"
-PRECISION = "fp16"
-ORDER = 50
-REQUIRES: tuple[str, ...] = ("triton",)
-NEEDS: tuple[str, ...] = ("fp16",)
-CALIBRATED = False
-REWRITES_OPSET = False
-DEFAULT_RANK: int | None = None
+SPEC = BuilderSpec("triton", "fp16", order=50, requires=("triton",), needs=("fp16",))
 
 #: ONNX TensorProto element type → Triton data type
 ONNX_TO_TRITON = {
@@ -325,7 +318,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
         **summary,
     }
     return ArtifactResult(
-        kind=KIND,
+        kind=SPEC.kind,
         section=section,
         timings=timings,
         readme=(

@@ -17,21 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, run_batches
+from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, run_batches
 from onnx_pipeline.bundling.fidelity import judge
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.files import sha256_file, to_jsonable, write_json
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import DpuSpec, FidelityThresholds
 
-KIND = "vitis-ai"
-PRECISION = "int8"
-ORDER = 60
-REQUIRES: tuple[str, ...] = ("dpu",)
-NEEDS: tuple[str, ...] = ()
-CALIBRATED = True
-REWRITES_OPSET = True
-DEFAULT_RANK: int | None = 20
+SPEC = BuilderSpec(
+    "vitis-ai", "int8", order=60, requires=("dpu",), calibrated=True, rewrites_opset=True, default_rank=20
+)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "vitis" / "templates"
 MAX_STORED_SAMPLES = 64
@@ -71,7 +66,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
     provider = _write_side_files(ctx, spec, input_name, report)
     # Judged like every bundle model: against the run's fp32 reference, on the plain CPU session
     # ``verify BUNDLE`` re-runs, with the DPU's thresholds.
-    model = ctx.check(MODEL_QDQ, KIND, PRECISION, thresholds=thresholds(ctx, spec))
+    model = ctx.check(MODEL_QDQ, SPEC.kind, SPEC.precision, thresholds=thresholds(ctx, spec))
     section = {
         "models": {"fp32": MODEL_FP32, "xint8_qdq": MODEL_QDQ},
         "dpu": {
@@ -94,7 +89,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
             result=section,
         )
     return ArtifactResult(
-        kind=KIND,
+        kind=SPEC.kind,
         models=(model,),
         section=section,
         timings=timings,

@@ -139,7 +139,7 @@ def build_bundle(run_dir: Path, target: HardwareTarget, config: BundleConfig) ->
 
 
 def _check_fits(run: RunManifest, target: HardwareTarget, builders: Sequence[ArtifactBuilder]) -> None:
-    if run.opset not in target.opset and not all(b.REWRITES_OPSET for b in builders):
+    if run.opset not in target.opset and not all(b.SPEC.rewrites_opset for b in builders):
         raise BundleError(
             f"the model uses opset {run.opset}; target '{target.name}' takes {target.opset.min}..{target.opset.max}: "
             f"re-export with --opset {min(max(run.opset, target.opset.min), target.opset.max)}"
@@ -164,7 +164,7 @@ def _context(
     sample_shape = tuple(int(d) for d in run.inputs[0].shape[1:])
     quantization = target.quantization
     max_calibration = quantization.max_calibration_samples if quantization else 64
-    calibrated = any(b.CALIBRATED for b in builders)
+    calibrated = any(b.SPEC.calibrated for b in builders)
     data = prepare_data(config, run.preprocessing, sample_shape, calibrated, max_calibration)
     model_path = run.model_path
     try:
@@ -199,9 +199,9 @@ def _run_builders(ctx: BuildContext, builders: Sequence[ArtifactBuilder]) -> lis
         try:
             result = builder.build(dataclasses.replace(ctx, built=dict(results)))
         except BundleError as exc:
-            raise BundleError(f"{builder.KIND}: {exc.message}", result=exc.result) from None
+            raise BundleError(f"{builder.SPEC.kind}: {exc.message}", result=exc.result) from None
         total = round(time.perf_counter() - start, 3)
-        results[builder.KIND] = dataclasses.replace(result, timings={**result.timings, "total": total})
+        results[builder.SPEC.kind] = dataclasses.replace(result, timings={**result.timings, "total": total})
     return list(results.values())
 
 
@@ -214,7 +214,7 @@ def _write_heldout(folder: Path, ctx: BuildContext) -> None:
 
 def _default_model(builders: Sequence[ArtifactBuilder], results: Sequence[ArtifactResult]) -> str | None:
     """The model a runtime loads by default: the one of the most preferred kind (the fastest the target carries)."""
-    rank = {b.KIND: b.DEFAULT_RANK for b in builders}
+    rank = {b.SPEC.kind: b.SPEC.default_rank for b in builders}
     ranked = [(rank[r.kind], m.file) for r in results for m in r.models if rank[r.kind] is not None]
     return min(ranked)[1] if ranked else None
 
