@@ -9,17 +9,7 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from onnx_pipeline.config import resolve_pipeline_config
-
-TESTS = Path(__file__).parent
-CONTROL_FLOW = f"{TESTS / 'models' / 'control_flow.py'}:build"
-
-
-def tiny_config(output: Path, **cli: dict) -> object:
-    layers = {"": {"output": output}, "model": {"model": "tiny-vgg", "weights": "random"}}
-    for section, values in cli.items():
-        layers.setdefault(section, {}).update(values)
-    return resolve_pipeline_config(cli=layers)
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -34,14 +24,25 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real photographs from scikit-image, written as JPEG and PNG files."""
-    import numpy as np
-    from PIL import Image
-    from skimage import data
+    """Real photographs from scikit-image (colour and greyscale), written as JPEG and PNG files."""
+    from tests.helpers import write_photos
 
     folder = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "camera"):
-        array = np.asarray(getattr(data, name)())
-        suffix = ".png" if name == "camera" else ".jpg"
-        Image.fromarray(array).save(folder / f"{name}{suffix}")
+    write_photos(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hand-made fp32 bundle of the tiny model at 64×64 (do not modify: copy it)."""
+    from tests.helpers import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with an int8 QDQ model beside the fp32 one (do not modify: copy it)."""
+    from tests.helpers import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle-int8") / "bundle", with_int8=True)

@@ -28,6 +28,21 @@ PHOTOS = (
     "page",  # greyscale
 )
 TINY_CLASSES = 10
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+HARDWARE = REPO / "hardware"
+#: the seed notebook's ControlFlowModel (a branch on the sign of the input's sum), as a factory reference
+CONTROL_FLOW = f"{TESTS / 'models' / 'control_flow.py'}:build"
+
+
+def tiny_config(output: Path, **cli: dict[str, Any]) -> Any:
+    """The PipelineConfig of exporting tiny-vgg (random weights) to ``output``, with CLI-layer overrides."""
+    from onnx_pipeline.config import resolve_pipeline_config
+
+    layers: dict[str, dict[str, Any]] = {"": {"output": output}, "model": {"model": "tiny-vgg", "weights": "random"}}
+    for section, values in cli.items():
+        layers.setdefault(section, {}).update(values)
+    return resolve_pipeline_config(cli=layers)
 
 
 def write_photos(folder: Path, names: tuple[str, ...] = PHOTOS) -> list[Path]:
@@ -195,3 +210,80 @@ def rewrite_manifest(folder: Path, edit: Any) -> None:
     edit(data)
     data["content_sha256"] = content_digest(data)
     path.write_text(json.dumps(data))
+
+
+#: FLOPs per image of ``tiny_module()`` at 3×64×64 (2·MACs of its three convolutions and two Linear layers)
+TINY_FLOPS = 2 * 8 * 3 * 9 * 64 * 64 + 2 * 8 * 8 * 9 * 64 * 64 + 2 * 16 * 8 * 9 * 32 * 32 + 2 * 256 * 32 + 2 * 32 * 10
+#: bytes of those layers' float32 weights
+TINY_WEIGHT_BYTES = 4 * (8 * 3 * 9 + 8 * 8 * 9 + 16 * 8 * 9 + 256 * 32 + 32 * 10)
+LABELS = tuple(f"class_{i}" for i in range(TINY_CLASSES))
+
+
+def write_bundle_manifest(folder: Path, models: list[dict[str, Any]], **fields: Any) -> Any:
+    """Write ``folder/manifest.json`` for model files already in ``folder`` through ``BundleManifest`` (hashing
+    every file); ``fields`` override the defaults (a tiny image classifier on the CPU provider)."""
+    from onnx_pipeline.manifest import RUN_UNLISTED, BundleManifest, ModelRecord, TargetInfo, TensorSpec, hash_folder
+    from onnx_pipeline.onnxfile import describe_model
+    from onnx_pipeline.runtime.session import parse_providers
+
+    info = describe_model(folder / models[0]["file"])
+    size = int(info.inputs[0].shape[-1])
+    values: dict[str, Any] = {
+        "inputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.inputs),
+        "outputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.outputs),
+        "dynamic_batch": isinstance(info.inputs[0].shape[0], str),
+        "task": "classification",
+        "preprocessing": tiny_spec(size),
+        "labels": LABELS,
+        "versions": {},
+        "timings": {},
+        "files": hash_folder(folder, exclude=RUN_UNLISTED),
+        "target": TargetInfo(name="test-cpu"),
+        "models": tuple(ModelRecord(**{"kind": "fp32-optimized", **m}) for m in models),
+        "execution_providers": ({"name": "CPUExecutionProvider", "options": {}},),
+        "session_options": {"graph_optimization_level": "all", "intra_op_num_threads": 1},
+    }
+    if isinstance(fields.get("preprocessing"), dict):
+        fields["preprocessing"] = PreprocessSpec.from_dict(fields["preprocessing"])
+    if "execution_providers" in fields:
+        parsed = parse_providers(fields["execution_providers"])
+        fields["execution_providers"] = tuple({"name": n, "options": o} for n, o in parsed)
+    values.update(fields)
+    manifest = BundleManifest(**values)
+    manifest.write(folder)
+    return manifest
+
+
+def make_tiny_bundle(folder: Path, *, with_int8: bool = False) -> Path:
+    """A hand-made bundle of ``tiny_module()`` at 64×64 (fp32, plus an int8 QDQ model when asked)."""
+    folder.mkdir(parents=True)
+    export_onnx(tiny_module(), folder / "model.onnx", size=64)
+    models = [{"file": "model.onnx", "precision": "fp32"}]
+    if with_int8:
+        _quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
+        models.append({"file": "model.int8.onnx", "precision": "int8", "kind": "int8-qdq"})
+    (folder / "README.md").write_text("tiny test bundle\n", encoding="utf-8")
+    write_bundle_manifest(folder, models)
+    return folder
+
+
+def _quantize_int8(fp32: Path, int8: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"input": rng.standard_normal((1, 3, 64, 64), dtype=np.float32)} for _ in range(8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quantize_static(
+        str(fp32),
+        str(int8),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )

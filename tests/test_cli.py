@@ -10,21 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from onnx_pipeline.cli import app
+from tests.helpers import assert_user_error as _assert_user_error
 
 runner = CliRunner()
 
 
 def _invoke(*args: str) -> object:
     return runner.invoke(app, list(args))
-
-
-def _assert_user_error(result: object, *fragments: str, code: int = 2) -> None:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_help_lists_commands_with_examples() -> None:

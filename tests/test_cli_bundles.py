@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from onnx_pipeline.cli import app
-from tests.test_cli import _assert_user_error
+from tests.helpers import assert_user_error as _assert_user_error
 
 runner = CliRunner()
 HARDWARE = Path(__file__).resolve().parent.parent / "hardware"

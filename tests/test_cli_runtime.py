@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from onnx_pipeline.cli import app
 from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.pipeline import run_bundle
-from tests.test_cli import _assert_user_error
+from tests.helpers import assert_user_error as _assert_user_error
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import build_artifact
+from tests.helpers import HARDWARE, build_artifact
 
 
 def _export(model, example, path: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -138,7 +138,7 @@ def test_vgg16_every_board(tmp_path: Path) -> None:
     path = _export(_rescaled_vgg16(), torch.randn(1, 3, 224, 224), tmp_path / "vgg16.onnx")
     parts = load_parts(path)
     to_static_opset17(parts)
-    for board in sorted(p.stem for p in (Path(__file__).parent.parent / "hardware").glob("vitis-ai-*.toml")):
+    for board in sorted(p.stem for p in HARDWARE.glob("vitis-ai-*.toml")):
         report = build_dpu_report(parts.skeleton, load_target(board).dpu)
         for node in report.nodes:
             if node.op_type in ("Conv", "Gemm", "MaxPool"):

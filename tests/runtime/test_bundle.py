@@ -13,22 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_fixtures import (  # tests/ holds no __init__.py: pytest puts it on sys.path
-    LABELS,
-    NUM_CLASSES,
-    TINY_SPEC,
-    build_tiny_model,
-    copy_tiny_bundle,
-    tiny_bundle,
-    tiny_run_folder,
-    write_manifest,
-)
 
 from onnx_pipeline.errors import BundleError, InputError, IntegrityError
 from onnx_pipeline.runtime import Bundle, Prediction, PreprocessSpec, SessionSettings, preprocess_image
+from tests.helpers import (
+    LABELS,
+    REPO,
+    TINY_CLASSES,
+    make_run_folder,
+    rewrite_manifest,
+    tiny_module,
+    tiny_spec,
+    write_bundle_manifest,
+)
 
 skimage_data = pytest.importorskip("skimage.data")
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,17 @@ def photo_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def bundle() -> Bundle:
-    return Bundle.load(tiny_bundle())
+def bundle(tiny_bundle: Path) -> Bundle:
+    return Bundle.load(tiny_bundle)
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of a shared bundle that a test may tamper with."""
+    import shutil
+
+    target = tmp_path / "bundle"
+    shutil.copytree(bundle, target)
+    return target
 
 
 # ---------------------------------------------------------------------------- predictions
@@ -67,13 +75,13 @@ def test_predict_shape_and_json(bundle: Bundle, photo_paths: list[Path]) -> None
 
 def test_predictions_match_pytorch(bundle: Bundle, photo_paths: list[Path]) -> None:
     torch = pytest.importorskip("torch")
-    model = build_tiny_model()
-    predictions = bundle.predict_batch(photo_paths, top_k=NUM_CLASSES)
+    model = tiny_module()
+    predictions = bundle.predict_batch(photo_paths, top_k=TINY_CLASSES)
     for path, prediction in zip(photo_paths, predictions, strict=True):
-        sample = preprocess_image(Image.open(path).convert("RGB"), TINY_SPEC)
+        sample = preprocess_image(Image.open(path).convert("RGB"), tiny_spec(64))
         with torch.no_grad():
             expected = torch.softmax(model(torch.from_numpy(sample[None])), dim=1)[0].numpy()
-        got = np.zeros(NUM_CLASSES)
+        got = np.zeros(TINY_CLASSES)
         for entry in prediction.top_k:
             got[entry.class_id] = entry.probability
         assert prediction.class_id == int(expected.argmax())
@@ -114,14 +122,14 @@ def test_non_image_is_an_input_error(bundle: Bundle, tmp_path: Path) -> None:
 
 
 def test_run_folder_loads(tmp_path: Path, photo_paths: list[Path], bundle: Bundle) -> None:
-    run = Bundle.load(tiny_run_folder(tmp_path))
+    run = Bundle.load(make_run_folder(tmp_path / "run", size=64))
     assert run.model.file == "model.onnx"
     assert run.predict(photo_paths[2]).top_k == bundle.predict(photo_paths[2]).top_k
     assert Bundle.load(run.root / "manifest.json").model.file == "model.onnx"
 
 
-def test_choose_int8_and_unknown_model(photo_paths: list[Path]) -> None:
-    folder = tiny_bundle(with_int8=True)
+def test_choose_int8_and_unknown_model(photo_paths: list[Path], tiny_bundle_int8: Path) -> None:
+    folder = tiny_bundle_int8
     assert Bundle.load(folder).model.precision == "fp32"
     int8 = Bundle.load(folder, model="int8")
     assert int8.model.file == "model.int8.onnx"
@@ -132,8 +140,8 @@ def test_choose_int8_and_unknown_model(photo_paths: list[Path]) -> None:
 
 
 # ---------------------------------------------------------------------------- integrity
-def test_tampered_model_is_refused(tmp_path: Path) -> None:
-    folder = copy_tiny_bundle(tmp_path)
+def test_tampered_model_is_refused(tmp_path: Path, tiny_bundle: Path) -> None:
+    folder = _copy(tiny_bundle, tmp_path)
     data = bytearray((folder / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (folder / "model.onnx").write_bytes(bytes(data))
@@ -141,16 +149,16 @@ def test_tampered_model_is_refused(tmp_path: Path) -> None:
         Bundle.load(folder)
 
 
-def test_truncated_model_is_refused(tmp_path: Path) -> None:
-    folder = copy_tiny_bundle(tmp_path)
+def test_truncated_model_is_refused(tmp_path: Path, tiny_bundle: Path) -> None:
+    folder = _copy(tiny_bundle, tmp_path)
     data = (folder / "model.onnx").read_bytes()
     (folder / "model.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(IntegrityError, match=r"model\.onnx does not match its sha256 \(altered or truncated"):
         Bundle.load(folder)
 
 
-def test_tampered_readme_and_missing_file_are_refused(tmp_path: Path) -> None:
-    folder = copy_tiny_bundle(tmp_path, with_int8=True)
+def test_tampered_readme_and_missing_file_are_refused(tmp_path: Path, tiny_bundle_int8: Path) -> None:
+    folder = _copy(tiny_bundle_int8, tmp_path)
     (folder / "README.md").write_text("changed\n")
     (folder / "model.int8.onnx").unlink()
     with pytest.raises(IntegrityError) as info:
@@ -159,16 +167,19 @@ def test_tampered_readme_and_missing_file_are_refused(tmp_path: Path) -> None:
     Bundle.load(folder, verify=False)  # the caller may skip the check on purpose
 
 
-def test_unlisted_model_and_escaping_paths_are_refused(tmp_path: Path) -> None:
-    folder = copy_tiny_bundle(tmp_path)
-    manifest = json.loads((folder / "manifest.json").read_text())
+def test_unlisted_model_and_escaping_paths_are_refused(tmp_path: Path, tiny_bundle: Path) -> None:
+    folder = _copy(tiny_bundle, tmp_path)
+    original = (folder / "manifest.json").read_text()
+    manifest = json.loads(original)
     del manifest["files"]["model.onnx"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="edited after it was written"):  # a careless edit
+        Bundle.load(folder)
+    (folder / "manifest.json").write_text(original)
+    rewrite_manifest(folder, lambda d: d["files"].pop("model.onnx"))  # the same, re-signed
     with pytest.raises(IntegrityError, match="does not list it in 'files'"):
         Bundle.load(folder)
-    manifest["files"]["model.onnx"] = "0" * 64
-    manifest["files"]["../outside.txt"] = "0" * 64
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(folder, lambda d: d["files"].update({"model.onnx": "0" * 64, "../outside.txt": "0" * 64}))
     with pytest.raises(IntegrityError, match="outside the folder"):
         Bundle.load(folder)
 
@@ -187,10 +198,10 @@ def test_missing_or_broken_manifest(tmp_path: Path) -> None:
         Bundle.load(tmp_path)
 
 
-def test_preprocessing_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
-    folder = copy_tiny_bundle(tmp_path)
+def test_preprocessing_that_does_not_fit_the_model_is_refused(tmp_path: Path, tiny_bundle: Path) -> None:
+    folder = _copy(tiny_bundle, tmp_path)
     (folder / "manifest.json").unlink()
-    write_manifest(
+    write_bundle_manifest(
         folder,
         [{"file": "model.onnx", "precision": "fp32"}],
         preprocessing=PreprocessSpec(resize=256, crop=(224, 224)).to_dict(),
@@ -200,14 +211,16 @@ def test_preprocessing_that_does_not_fit_the_model_is_refused(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------------- providers, settings
-def test_unavailable_providers_are_dropped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unavailable_providers_are_dropped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tiny_bundle: Path
+) -> None:
     import onnxruntime as ort
 
     if "TensorrtExecutionProvider" in ort.get_available_providers():
         pytest.skip("TensorRT is available here")
-    folder = copy_tiny_bundle(tmp_path)
+    folder = _copy(tiny_bundle, tmp_path)
     (folder / "manifest.json").unlink()
-    write_manifest(
+    write_bundle_manifest(
         folder,
         [{"file": "model.onnx", "precision": "fp32"}],
         execution_providers=[["TensorrtExecutionProvider", {"trt_fp16_enable": True}], "CPUExecutionProvider"],
@@ -223,14 +236,14 @@ def test_unavailable_providers_are_dropped_with_a_warning(tmp_path: Path, caplog
     assert only_trt.describe()["providers_requested"] == ["TensorrtExecutionProvider"]
 
 
-def test_session_settings() -> None:
+def test_session_settings(tiny_bundle: Path) -> None:
     settings = SessionSettings.from_dict({"graph_optimization_level": "ORT_ENABLE_EXTENDED", "intra_op_num_threads": 2})
     assert settings.graph_optimization_level == "extended"
     options = settings.build()
     assert options.intra_op_num_threads == 2
     with pytest.raises(InputError, match="graph_optimization_level"):
         SessionSettings(graph_optimization_level="fastest")
-    assert Bundle.load(tiny_bundle(), settings=settings).settings == settings
+    assert Bundle.load(tiny_bundle, settings=settings).settings == settings
 
 
 # ---------------------------------------------------------------------------- outputs and batches
@@ -239,7 +252,7 @@ def _matmul_model(path: Path, *, batch: int | str, softmax: bool) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = np.random.default_rng(0).standard_normal((3 * 64 * 64, NUM_CLASSES)).astype(np.float32) * 0.01
+    weight = np.random.default_rng(0).standard_normal((3 * 64 * 64, TINY_CLASSES)).astype(np.float32) * 0.01
     nodes = [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
     last = "logits"
     if softmax:
@@ -250,7 +263,7 @@ def _matmul_model(path: Path, *, batch: int | str, softmax: bool) -> None:
         nodes,
         "matmul",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 64, 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, NUM_CLASSES])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, TINY_CLASSES])],
         [numpy_helper.from_array(weight, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -265,8 +278,8 @@ def test_probabilities_are_not_softmaxed_twice(tmp_path: Path, photo_paths: list
         folder = tmp_path / f"softmax-{softmax}"
         folder.mkdir()
         _matmul_model(folder / "model.onnx", batch="batch", softmax=softmax)
-        write_manifest(folder, [{"file": "model.onnx", "precision": "fp32"}])
-        results[softmax] = Bundle.load(folder).predict(photo_paths[0], top_k=NUM_CLASSES)
+        write_bundle_manifest(folder, [{"file": "model.onnx", "precision": "fp32"}])
+        results[softmax] = Bundle.load(folder).predict(photo_paths[0], top_k=TINY_CLASSES)
     logits_probs = [e.probability for e in results[False].top_k]
     softmax_probs = [e.probability for e in results[True].top_k]
     np.testing.assert_allclose(logits_probs, softmax_probs, atol=1e-5)
@@ -277,7 +290,7 @@ def test_static_batch_model_is_padded(tmp_path: Path, photo_paths: list[Path]) -
     folder = tmp_path / "static"
     folder.mkdir()
     _matmul_model(folder / "model.onnx", batch=2, softmax=False)
-    write_manifest(folder, [{"file": "model.onnx", "precision": "fp32"}], labels=None)
+    write_bundle_manifest(folder, [{"file": "model.onnx", "precision": "fp32"}], labels=None)
     loaded = Bundle.load(folder)
     assert loaded.static_batch == 2
     predictions = loaded.predict_batch(photo_paths[:3])
@@ -286,13 +299,13 @@ def test_static_batch_model_is_padded(tmp_path: Path, photo_paths: list[Path]) -
 
 
 # ---------------------------------------------------------------------------- no torch on the device
-def test_load_and_predict_never_import_torch(tmp_path: Path) -> None:
+def test_load_and_predict_never_import_torch(tmp_path: Path, tiny_bundle: Path) -> None:
     image = tmp_path / "chelsea.png"
     Image.fromarray(skimage_data.chelsea()).save(image)
     code = (
         "import sys\n"
         "from onnx_pipeline.runtime import Bundle\n"
-        f"bundle = Bundle.load({str(tiny_bundle())!r})\n"
+        f"bundle = Bundle.load({str(tiny_bundle)!r})\n"
         f"prediction = bundle.predict({str(image)!r})\n"
         f"bundle.predict(open({str(image)!r}, 'rb').read())\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxscript') if m in sys.modules)\n"

@@ -12,7 +12,7 @@ import pytest
 from onnx_pipeline.errors import OutputExistsError, VerificationError
 from onnx_pipeline.files import sha256_file
 from onnx_pipeline.pipeline import VerifyRequest, run_export, run_verify
-from tests.conftest import CONTROL_FLOW, tiny_config
+from tests.helpers import CONTROL_FLOW, tiny_config
 
 
 def test_run_folder_has_model_manifest_and_report(tiny_run: Path) -> None:

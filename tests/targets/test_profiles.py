@@ -14,8 +14,9 @@ from onnx_pipeline.targets import (
     list_targets,
     load_target,
 )
+from tests.helpers import HARDWARE
 
-CHECKOUT_HARDWARE = Path(__file__).resolve().parent.parent / "hardware"
+CHECKOUT_HARDWARE = HARDWARE
 PROFILES = sorted(CHECKOUT_HARDWARE.glob("*.toml"))
 
 MINIMAL = """

@@ -16,7 +16,7 @@ from onnx_pipeline.errors import BundleError, TargetError
 from onnx_pipeline.files import sha256_file
 from onnx_pipeline.targets.profiles import _parse_dpu_table as parse_dpu_table
 from tests.helpers import build_artifact
-from tests.vitis_fixtures import branchy_model, conv_model, save, vck190, vek280, vitis_target, zcu102
+from tests.vitis.graphs import branchy_model, conv_model, save, vck190, vek280, vitis_target, zcu102
 
 BOARDS = (
     "vitis-ai-zcu102",

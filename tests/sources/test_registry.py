@@ -10,7 +10,7 @@ import pytest
 from onnx_pipeline.config import ModelConfig
 from onnx_pipeline.errors import VerificationError
 from onnx_pipeline.pipeline import VerifyRequest, run_export, run_verify
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 

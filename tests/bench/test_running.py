@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import TINY_FLOPS, build_tiny_model, tiny_bundle  # tests/ is on sys.path under pytest
 
 from onnx_pipeline.bench import (
     BenchConfig,
@@ -27,6 +26,7 @@ from onnx_pipeline.bench import (
 from onnx_pipeline.bench.table import BENCH_COLUMNS
 from onnx_pipeline.errors import InputError
 from onnx_pipeline.files import json_text
+from tests.helpers import TINY_FLOPS, TINY_WEIGHT_BYTES, tiny_module
 
 pytest.importorskip("onnx")
 
@@ -39,21 +39,20 @@ FAST = {
     "gemv_mbytes": 4,
     "threads": 1,
 }
-#: fp32 weight bytes of the tiny model's Conv, Conv and Gemm
-TINY_WEIGHT_BYTES = 4 * (8 * 3 * 9 + 16 * 8 * 9 + 64 * 10)
 
 
 @pytest.fixture(scope="module")
-def result() -> BenchResult:
-    config = BenchConfig(batch_sizes=(1, 2), torch_model=build_tiny_model, **FAST)  # type: ignore[arg-type]
-    return benchmark_bundle(tiny_bundle(with_int8=True), config)
+def result(tiny_bundle_int8: Path) -> BenchResult:
+    config = BenchConfig(batch_sizes=(1, 2), torch_model=tiny_module, **FAST)  # type: ignore[arg-type]
+    return benchmark_bundle(tiny_bundle_int8, config)
 
 
-def test_flops_match_a_hand_count() -> None:
-    folder = tiny_bundle(with_int8=True)
+def test_flops_match_a_hand_count(tiny_bundle_int8: Path) -> None:
+    folder = tiny_bundle_int8
     fp32 = count_flops(folder / "model.onnx")
     assert fp32.flops_per_image == TINY_FLOPS
-    assert fp32.by_op == {"Conv": 2 * 8 * 3 * 9 * 64 * 64 + 2 * 16 * 8 * 9 * 32 * 32, "Gemm": 2 * 64 * 10}
+    convs = 2 * 8 * 3 * 9 * 64 * 64 + 2 * 8 * 8 * 9 * 64 * 64 + 2 * 16 * 8 * 9 * 32 * 32
+    assert fp32.by_op == {"Conv": convs, "Gemm": 2 * 256 * 32 + 2 * 32 * 10}
     assert fp32.uncounted == ()
     assert fp32.weight_bytes == TINY_WEIGHT_BYTES
     int8 = count_flops(folder / "model.int8.onnx")
@@ -72,13 +71,13 @@ def test_roofline_adds_weight_streaming() -> None:
     assert count.roofline_ms(1, gemm, cached) == pytest.approx(2_000.0)  # weights fit in the cache: free
 
 
-def test_flops_through_fused_contrib_ops(tmp_path: Path) -> None:
+def test_flops_through_fused_contrib_ops(tmp_path: Path, tiny_bundle: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     optimized = tmp_path / "optimized.onnx"
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(optimized)
-    ort.InferenceSession(str(tiny_bundle() / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(tiny_bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
     count = count_flops(optimized)
     assert count.flops_per_image == TINY_FLOPS and count.uncounted == ()
 
@@ -119,13 +118,13 @@ def test_table_json_and_summary(result: BenchResult) -> None:
     assert any("GFLOP/s" in line for line in lines) and any("per image" in line for line in lines)
 
 
-def test_without_torch_model_the_baseline_is_skipped() -> None:
+def test_without_torch_model_the_baseline_is_skipped(tiny_bundle_int8: Path, tiny_bundle: Path) -> None:
     config = BenchConfig(batch_sizes=(1,), models=("fp32",), **FAST)  # type: ignore[arg-type]
-    result = benchmark_bundle(tiny_bundle(with_int8=True), config)
+    result = benchmark_bundle(tiny_bundle_int8, config)
     assert [r.model for r in result.rows] == ["fp32"]
     assert any(s.what == "torch-eager" for s in result.skipped)
     with pytest.raises(InputError, match="no model"):
-        benchmark_bundle(tiny_bundle(), BenchConfig(models=("fp16",), **FAST))  # type: ignore[arg-type]
+        benchmark_bundle(tiny_bundle, BenchConfig(models=("fp16",), **FAST))  # type: ignore[arg-type]
 
 
 def test_time_runs_counts() -> None:
@@ -159,9 +158,9 @@ def test_config_is_checked(kwargs: dict[str, object]) -> None:
         BenchConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def test_flops_of_an_unsorted_graph_with_symbolic_value_info(tmp_path: Path) -> None:
+def test_flops_of_an_unsorted_graph_with_symbolic_value_info(tmp_path: Path, tiny_bundle_int8: Path) -> None:
     onnx = pytest.importorskip("onnx")
-    model = onnx.load(str(tiny_bundle(with_int8=True) / "model.int8.onnx"))
+    model = onnx.load(str(tiny_bundle_int8 / "model.int8.onnx"))
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(reversed(nodes))  # as onnxruntime's quantizer may leave it: not topological
@@ -170,11 +169,11 @@ def test_flops_of_an_unsorted_graph_with_symbolic_value_info(tmp_path: Path) -> 
     assert count_flops(path).flops_per_image == TINY_FLOPS
 
 
-def test_a_tampered_bundle_is_not_benchmarked(tmp_path: Path) -> None:
+def test_a_tampered_bundle_is_not_benchmarked(tmp_path: Path, tiny_bundle: Path) -> None:
     from onnx_pipeline.errors import IntegrityError
 
     folder = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle(), folder)
+    shutil.copytree(tiny_bundle, folder)
     (folder / "README.md").write_text("changed\n")
     with pytest.raises(IntegrityError, match=r"README\.md does not match"):
         benchmark_bundle(folder, BenchConfig(**FAST))  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from bundle_fixtures import make_run_folder, write_photos
 
 from onnx_pipeline.artifacts.triton import check_config, parse_pbtxt
 from onnx_pipeline.bundling.fidelity import judge, output_figures
@@ -21,6 +20,7 @@ from onnx_pipeline.manifest import content_digest
 from onnx_pipeline.steps.bundle import BundleResult, build_bundle
 from onnx_pipeline.steps.verify_bundle import verify_bundle
 from onnx_pipeline.targets import FidelityThresholds, load_target
+from tests.helpers import HARDWARE, make_run_folder
 
 MY_TARGETS = ("cpu-x86_64", "cpu-arm64", "cuda", "tensorrt")
 EXPECTED_FILES = {
@@ -31,23 +31,17 @@ EXPECTED_FILES = {
 }
 
 
-@pytest.fixture(scope="session")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    write_photos(folder)
-    return folder
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of the tiny model at 32×32 (smaller and faster than the conftest's exported small_run)."""
+    return make_run_folder(tmp_path_factory.mktemp("small") / "run")
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run_folder(tmp_path_factory.mktemp("tiny") / "run")
-
-
-@pytest.fixture(scope="session")
-def bundles(tiny_run: Path, photos: Path) -> dict[str, BundleResult]:
+@pytest.fixture(scope="module")
+def bundles(small_run: Path, photos: Path) -> dict[str, BundleResult]:
     """Each of the four targets built once from the tiny run folder, calibrated on photographs."""
     config = BundleConfig(calibration_images=photos)
-    return {name: build_bundle(tiny_run, load_target(name), config) for name in MY_TARGETS}
+    return {name: build_bundle(small_run, load_target(name), config) for name in MY_TARGETS}
 
 
 def _copy_bundle(result: BundleResult, tmp_path: Path) -> Path:
@@ -152,20 +146,20 @@ def test_fp16_bundle_keeps_fp32_io(bundles: dict[str, BundleResult]) -> None:
     assert options["TensorrtExecutionProvider"]["trt_fp16_enable"] == "1"
 
 
-def test_fp16_io_check_can_fail(tiny_run: Path) -> None:
+def test_fp16_io_check_can_fail(small_run: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from onnx_pipeline.artifacts.fp16 import check_io_float32
 
-    model = onnx.load(str(tiny_run / "model.onnx"))
+    model = onnx.load(str(small_run / "model.onnx"))
     with pytest.raises(BundleError, match="inputs/outputs"):
-        check_io_float32(model, convert_float_to_float16(onnx.load(str(tiny_run / "model.onnx")), keep_io_types=False))
+        check_io_float32(model, convert_float_to_float16(onnx.load(str(small_run / "model.onnx")), keep_io_types=False))
 
 
-def test_synthetic_calibration_is_marked(tiny_run: Path, tmp_path: Path) -> None:
+def test_synthetic_calibration_is_marked(small_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("bundles"))
     result = build_bundle(run, load_target("cpu-arm64"), BundleConfig())
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
     assert manifest["calibration"]["synthetic"] is True and "SYNTHETIC" in manifest["calibration"]["warning"]
@@ -176,7 +170,7 @@ def test_synthetic_calibration_is_marked(tiny_run: Path, tmp_path: Path) -> None
     assert build_bundle(run, load_target("cpu-arm64"), BundleConfig(force=True)).passed
 
 
-def test_fast_quantization_matches_stock_flow(tiny_run: Path, photos: Path, tmp_path: Path) -> None:
+def test_fast_quantization_matches_stock_flow(small_run: Path, photos: Path, tmp_path: Path) -> None:
     """The batched min/max calibration feeds the same quantizer: same model as quantize_static's."""
     import onnx
     import onnxruntime as ort
@@ -187,16 +181,16 @@ def test_fast_quantization_matches_stock_flow(tiny_run: Path, photos: Path, tmp_
     from onnx_pipeline.onnxfile import infer_shapes
     from onnx_pipeline.runtime.preprocess import list_images, load_batch
 
-    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    manifest = json.loads((small_run / "manifest.json").read_text())
     data = load_batch(list_images(photos), PreprocessSpec.from_dict(manifest["preprocessing"]))
     spec = load_target("cpu-x86_64").quantization
     assert spec is not None
-    model = onnx.load(str(tiny_run / "model.onnx"))
+    model = onnx.load(str(small_run / "model.onnx"))
     infer_shapes(model)
     assert len(model.graph.value_info) >= 10, "shape inference on the weightless copy must reach the model"
     fast, _ = quantize_qdq(model, "input", data[:8], spec, dynamic_batch=True)
     quantize_static(
-        str(tiny_run / "model.onnx"),
+        str(small_run / "model.onnx"),
         str(tmp_path / "stock.onnx"),
         _ArrayReader("input", data[:8]),
         quant_format=QuantFormat.QDQ,
@@ -276,9 +270,9 @@ def test_verify_reruns_fidelity(bundles: dict[str, BundleResult], tmp_path: Path
     assert all(r.passed for r in result.models if r.model != "model.fp32.onnx")
 
 
-def test_fidelity_failure_raises_with_figures(tiny_run: Path, photos: Path, tmp_path: Path) -> None:
+def test_fidelity_failure_raises_with_figures(small_run: Path, photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("bundles"))
     profile = _profile(tmp_path, "cpu-x86_64", {"min_sqnr_db = 15.0": "min_sqnr_db = 400.0"}, name="impossible")
     with pytest.raises(BundleError) as info:
         build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos))
@@ -291,15 +285,15 @@ def test_fidelity_failure_raises_with_figures(tiny_run: Path, photos: Path, tmp_
     assert not any(p.name.startswith(".impossible") for p in (run / "bundles").iterdir())
 
 
-def test_opset_outside_target_range(tiny_run: Path, tmp_path: Path) -> None:
+def test_opset_outside_target_range(small_run: Path, tmp_path: Path) -> None:
     profile = _profile(tmp_path, "cuda", {"max = 23": "max = 17"})
     with pytest.raises(BundleError, match=r"opset 18.*--opset 17"):
-        build_bundle(tiny_run, load_target(profile), BundleConfig())
+        build_bundle(small_run, load_target(profile), BundleConfig())
 
 
-def test_calibration_sample_limit(tiny_run: Path, photos: Path, tmp_path: Path) -> None:
+def test_calibration_sample_limit(small_run: Path, photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("bundles"))
     profile = _profile(tmp_path, "cpu-arm64", {"max_calibration_samples = 64": "max_calibration_samples = 3"})
     result = build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos))
     assert result.calibration is not None and result.calibration["samples"] == 3
@@ -307,29 +301,29 @@ def test_calibration_sample_limit(tiny_run: Path, photos: Path, tmp_path: Path) 
 
 
 def test_calibration_needs_two_images(
-    tiny_run: Path, photos: Path, tmp_path: Path, bundles: dict[str, BundleResult]
+    small_run: Path, photos: Path, tmp_path: Path, bundles: dict[str, BundleResult]
 ) -> None:
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(sorted(photos.iterdir())[0], one)
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("bundles"))
     with pytest.raises(InputError, match="at least 2"):
         build_bundle(run, load_target("cpu-x86_64"), BundleConfig(calibration_images=one))
     assert not (run / "bundles" / "cpu-x86_64").exists()
     # an existing bundle is refused before any work, unless forced
     with pytest.raises(OutputExistsError):
-        build_bundle(tiny_run, load_target("cpu-x86_64"), BundleConfig(calibration_images=one))
+        build_bundle(small_run, load_target("cpu-x86_64"), BundleConfig(calibration_images=one))
 
 
-VITIS_PROFILES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "hardware").glob("vitis-ai-*.toml"))
+VITIS_PROFILES = sorted(p.stem for p in HARDWARE.glob("vitis-ai-*.toml"))
 
 
 @pytest.mark.skipif(not VITIS_PROFILES, reason="no Vitis AI profile in hardware/")
-def test_vitis_artifact_is_dispatched(tiny_run: Path, photos: Path, tmp_path: Path) -> None:
+def test_vitis_artifact_is_dispatched(small_run: Path, photos: Path, tmp_path: Path) -> None:
     """A target whose artifacts list "vitis-ai" gets the Vitis AI builder's files, hashed and verified."""
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("bundles"))
     target = load_target(VITIS_PROFILES[0])
     result = build_bundle(run, target, BundleConfig(calibration_images=photos))
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
@@ -402,9 +396,9 @@ def test_static_batch_triton(tmp_path: Path, photos: Path) -> None:
     assert verify_bundle(result.bundle_dir).passed
 
 
-def test_static_target_fixes_a_dynamic_batch(tiny_run: Path, tmp_path: Path) -> None:
+def test_static_target_fixes_a_dynamic_batch(small_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("bundles"))
     profile = _profile(tmp_path, "cpu-x86_64", {'batch = "dynamic"': 'batch = "static"'}, name="cpu-static")
     result = build_bundle(run, load_target(profile), BundleConfig())
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
