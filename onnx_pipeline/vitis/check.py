@@ -89,7 +89,7 @@ def check_qdq(model: Any, scheme: QuantScheme) -> list[str]:
     for n in g.graph.node:
         if n.op_type in _COMPUTE:
             _check_compute(g, scheme, n, scale_of, problems)
-        if n.op_type in _ALIGNED:
+        if n.op_type == "Concat" or (n.op_type in _ALIGNED and scheme.tie_layout_ops):
             ins = [scale_of.get(t) for t in (n.input if n.op_type == "Concat" else n.input[:1])]
             o = g.out_scale(n.output[0])
             if o is not None and any(s is not None and s != o for s in ins):

@@ -114,10 +114,11 @@ class Groups:
 class QuantPlan:
     """Which tensors are quantized, and how scales relate, for one skeleton graph."""
 
-    def __init__(self, parts: ModelParts, *, fuse_activations: bool = True) -> None:
+    def __init__(self, parts: ModelParts, *, fuse_activations: bool = True, tie_layout_ops: bool = True) -> None:
         graph = parts.skeleton.graph
         self.parts = parts
         self.fuse_activations = fuse_activations
+        self.tie_layout_ops = tie_layout_ops
         self.inits = {i.name for i in graph.initializer}
         self.graph_inputs = [i.name for i in graph.input if i.name not in self.inits]
         self.consumers: dict[str, list[Any]] = {}
@@ -166,7 +167,7 @@ class QuantPlan:
             self._add(node.output[0], own=True)
             return
         for t in node.output:
-            self._add(t, own=node.op_type not in SAME_POSITION_OPS)
+            self._add(t, own=node.op_type not in SAME_POSITION_OPS or not self.tie_layout_ops)
 
     def _plan_weights(self, node: Any) -> bool:
         """Record a compute node's weight and bias; True when its output is fused into an activation."""

@@ -103,7 +103,7 @@ def quantize(
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    plan = QuantPlan(parts, fuse_activations=scheme.fuse_activations)
+    plan = QuantPlan(parts, fuse_activations=scheme.fuse_activations, tie_layout_ops=scheme.tie_layout_ops)
     input_name = _check_input(parts, plan, calibration)
     stats = _calibrate(parts, plan, input_name, np.asarray(calibration, dtype=np.float32), heldout, scratch_dir)
     timings["calibrate"] = time.perf_counter() - start

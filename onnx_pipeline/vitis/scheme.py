@@ -42,6 +42,9 @@ class QuantScheme:
     #: the DPU compiler's shift constraints (Quark's NPU-CNN refine: shift_cut, shift_bias, ...)
     dpu_shifts: bool
     description: str
+    #: pooling/padding/slicing/layout outputs share their input's scale (Concat groups are always tied);
+    #: off for A8W8/A16W8, whose Quark configurations align Concat only (AlignConcat, no AlignPool)
+    tie_layout_ops: bool = True
 
     @property
     def activation_range(self) -> tuple[int, int]:
@@ -81,6 +84,7 @@ VINT8 = QuantScheme(
 )
 A8W8 = QuantScheme(
     name="A8W8",
+    tie_layout_ops=False,
     activation_bits=8,
     scale_rule="float",
     calibration="minmax",
@@ -91,6 +95,7 @@ A8W8 = QuantScheme(
 )
 A16W8 = QuantScheme(
     name="A16W8",
+    tie_layout_ops=False,
     activation_bits=16,
     scale_rule="float",
     calibration="minmax",

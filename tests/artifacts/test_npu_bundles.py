@@ -27,8 +27,10 @@ def _target(name: str, config: str | None = None) -> Any:
 
 def _data(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((8, 3, size, size)).astype(np.float32),
-            rng.standard_normal((4, 3, size, size)).astype(np.float32))  # fmt: skip
+    return (
+        rng.standard_normal((8, 3, size, size)).astype(np.float32),
+        rng.standard_normal((4, 3, size, size)).astype(np.float32),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +39,14 @@ def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     make_run_folder(tmp / "run")
     calibration, heldout = _data()
     out = {}
-    for label, name, kind, config in (("vek385", "vitis-ai-vek385", "vaiml", None),
-                                      ("xdna2", "ryzen-ai-xdna2", "ryzen-ai", None),
-                                      ("vek385-bf16", "vitis-ai-vek385", "vaiml", "BF16")):  # fmt: skip
-        result = build_artifact(tmp / "run" / "model.onnx", _target(name, config), kind, calibration, heldout,
-                                tmp / label)  # fmt: skip
+    for label, name, kind, config in (
+        ("vek385", "vitis-ai-vek385", "vaiml", None),
+        ("xdna2", "ryzen-ai-xdna2", "ryzen-ai", None),
+        ("vek385-bf16", "vitis-ai-vek385", "vaiml", "BF16"),
+    ):
+        result = build_artifact(
+            tmp / "run" / "model.onnx", _target(name, config), kind, calibration, heldout, tmp / label
+        )
         out[label] = (tmp / label, result)
     return out
 
@@ -49,9 +54,21 @@ def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
 def test_bundle_files_and_relative_cache(tiny_bundles: dict[str, tuple[Path, Any]]) -> None:
     for label, model in (("vek385", "model_vint8_qdq.onnx"), ("xdna2", "model_xint8_qdq.onnx")):
         bundle, result = tiny_bundles[label]
-        for name in (model, "model_fp32.onnx", "quant_params.json", "npu_report.json", "npu_report.md",
-                     "fidelity.json", "provider_options.json", "compile_model.py", "run_npu.py",
-                     "quark_requantize.py", "calibration/samples.npy", "AMD_NPU_README.md", "vitisai_config.json"):  # fmt: skip
+        for name in (
+            model,
+            "model_fp32.onnx",
+            "quant_params.json",
+            "npu_report.json",
+            "npu_report.md",
+            "fidelity.json",
+            "provider_options.json",
+            "compile_model.py",
+            "run_npu.py",
+            "quark_requantize.py",
+            "calibration/samples.npy",
+            "AMD_NPU_README.md",
+            "vitisai_config.json",
+        ):
             assert (bundle / name).is_file(), f"{label}: {name}"
         options = json.loads((bundle / "provider_options.json").read_text())
         assert options["model"] == model and options["provider_options"]["cache_dir"] == ".vaip_cache"
@@ -89,34 +106,50 @@ def test_bf16_bundle_deploys_the_float_model_and_judges_a_bf16_simulation(
 
 def test_scripts_refuse_without_amds_toolchain(tiny_bundles: dict[str, tuple[Path, Any]], tmp_path: Path) -> None:
     bundle = tiny_bundles["xdna2"][0]
-    done = subprocess.run([sys.executable, str(bundle / "compile_model.py")], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(bundle / "compile_model.py")], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 2 and "AMD's toolchain is not present here" in done.stderr
     image = tmp_path / "x.png"
     from PIL import Image
 
     Image.new("RGB", (40, 40)).save(image)
-    done = subprocess.run([sys.executable, str(bundle / "run_npu.py"), str(image)], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(bundle / "run_npu.py"), str(image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode != 0 and "VitisAIExecutionProvider" in done.stderr
     assert not (bundle / ".vaip_cache").exists(), "nothing compiled or cached where the toolchain is absent"
 
 
 def test_a_model_that_would_run_entirely_on_the_cpu_is_refused(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
     from onnx_pipeline.errors import BundleError
     from tests.vitis_fixtures import conv_model, save
 
-    from onnx import TensorProto, helper
-
     model = conv_model()
-    branch = helper.make_graph([helper.make_node("Identity", ["relu"], ["y"])], "b", [],
-                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])  # fmt: skip
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["relu"], ["y"])],
+        "b",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     model.graph.initializer.append(helper.make_tensor("cond", TensorProto.BOOL, [], [True]))
     model.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch))
     calibration, heldout = _data(20)
     with pytest.raises(BundleError, match="whole model would run on the CPU") as info:
-        build_artifact(save(model, tmp_path / "m.onnx"), _target("ryzen-ai-xdna2"), "ryzen-ai", calibration,
-                       heldout, tmp_path / "b")  # fmt: skip
+        build_artifact(
+            save(model, tmp_path / "m.onnx"),
+            _target("ryzen-ai-xdna2"),
+            "ryzen-ai",
+            calibration,
+            heldout,
+            tmp_path / "b",
+        )
     assert info.value.result["whole_model_on_cpu"] is True
 
 
@@ -138,10 +171,19 @@ def _trained_cnn(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
     for _epoch in range(6):
@@ -150,8 +192,15 @@ def _trained_cnn(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
             torch.nn.functional.cross_entropy(model(xt[i]), yt[i]).backward()
             optimizer.step()
     model.eval()
-    torch.onnx.export(model, (xt[:2],), str(path), dynamo=True, input_names=["input"], output_names=["output"],
-                      dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
+    torch.onnx.export(
+        model,
+        (xt[:2],),
+        str(path),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
     return path
 
 
@@ -166,8 +215,12 @@ def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 def test_trained_digits_cnn_keeps_its_accuracy_in_every_npu_format(tmp_path: Path) -> None:
     x_train, y_train, x_test, y_test = _digits()
     source = _trained_cnn(x_train, y_train, tmp_path / "digits.onnx")
-    cases = (("vitis-ai-vek385", "vaiml", "VINT8"), ("ryzen-ai-xdna2", "ryzen-ai", "XINT8"),
-             ("ryzen-ai-xdna2", "ryzen-ai", "A8W8"), ("ryzen-ai-xdna2", "ryzen-ai", "A16W8"))  # fmt: skip
+    cases = (
+        ("vitis-ai-vek385", "vaiml", "VINT8"),
+        ("ryzen-ai-xdna2", "ryzen-ai", "XINT8"),
+        ("ryzen-ai-xdna2", "ryzen-ai", "A8W8"),
+        ("ryzen-ai-xdna2", "ryzen-ai", "A16W8"),
+    )
     for name, kind, config in cases:
         out = tmp_path / config
         result = build_artifact(source, _target(name, config), kind, x_train[:64], x_test, out, synthetic=False)
@@ -198,8 +251,9 @@ def test_vgg16_vint8_and_a8w8_bundles(tmp_path: Path) -> None:
                 y = layer(x)
             x = y
     path = tmp_path / "vgg16.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=True, input_names=["input"],
-                      output_names=["output"])  # fmt: skip
+    torch.onnx.export(
+        model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=True, input_names=["input"], output_names=["output"]
+    )
     del model
     rng = np.random.default_rng(0)
     calibration = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)

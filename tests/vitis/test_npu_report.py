@@ -23,11 +23,20 @@ def _chain(middle: str | None = None, *, size: Any = 16, stride: int = 1, dynami
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, c, 3, 3)).astype(np.float32), f"w{i}")
-             for i, c in enumerate((3, 8))]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, c, 3, 3)).astype(np.float32), f"w{i}")
+        for i, c in enumerate((3, 8))
+    ]
     nodes = [
-        helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                         strides=[stride, stride]),  # fmt: skip
+        helper.make_node(
+            "Conv",
+            ["input", "w0"],
+            ["c0"],
+            name="conv0",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[stride, stride],
+        ),
         helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
     ]
     last = "r0"
@@ -99,8 +108,12 @@ def test_a_control_flow_op_puts_the_whole_model_on_the_cpu() -> None:
     from onnx_pipeline.vitis.npu_report import build_npu_report
 
     model = _chain()
-    branch = helper.make_graph([helper.make_node("Identity", ["output"], ["y"])], "b", [],
-                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])  # fmt: skip
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["output"], ["y"])],
+        "b",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
     model.graph.initializer.append(cond)
     model.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch))

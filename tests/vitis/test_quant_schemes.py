@@ -66,8 +66,11 @@ def test_each_scheme_passes_its_own_checker_and_onnx_checker(quantized: dict[str
 def test_integer_types_and_zero_points(quantized: dict[str, Any]) -> None:
     from onnx import TensorProto
 
-    for name, activation_type in (("VINT8", TensorProto.INT8), ("A8W8", TensorProto.INT8),
-                                  ("A16W8", TensorProto.INT16)):  # fmt: skip
+    for name, activation_type in (
+        ("VINT8", TensorProto.INT8),
+        ("A8W8", TensorProto.INT8),
+        ("A16W8", TensorProto.INT16),
+    ):
         entries = _qdq(quantized[name][0])
         assert all(zp == 0 for _, _, zp, _ in entries), name
         quants = [t for n, _, _, t in entries if n.op_type == "QuantizeLinear"]
