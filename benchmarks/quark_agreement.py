@@ -205,6 +205,7 @@ def main() -> int:
                 text=True,
                 timeout=900,
                 check=False,
+                cwd=folder,  # Quark writes quantized_info.csv into its working folder
             )
             if done.returncode != 0:
                 print(f"Quark failed for {config}:\n{done.stderr[-3000:]}", file=sys.stderr)
