@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/vgg16
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean quark-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,18 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
+
+# AMD Quark (the reference for the AMD quantizers) in its own environment: amd-quark pins onnx <= 1.22,
+# needs onnxruntime and torch (its first import compiles custom ops with g++ and ninja).
+QUARK_VENV ?= .venv-quark
+$(QUARK_VENV)/.installed:
+	$(PYTHON) -m venv $(QUARK_VENV)
+	$(QUARK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUARK_VENV)/bin/python -m pip install --quiet amd-quark==0.13 onnxruntime torch
+	$(QUARK_VENV)/bin/python -c "import quark.onnx"
+	touch $@
+
+quark-venv: $(QUARK_VENV)/.installed
 
 TARGETS ?= --target cpu-x86_64 --target cuda --target vitis-ai-kv260
 
@@ -33,6 +45,7 @@ lint: setup
 	$(BIN)/mypy onnx_pipeline
 
 test: setup lint
+	$(MAKE) quark-venv || echo "AMD Quark could not be installed: its agreement test is skipped"
 	$(BIN)/python -m pytest
 
 bench: setup
@@ -40,6 +53,7 @@ bench: setup
 	$(BIN)/python benchmarks/int8_quantize.py
 	$(BIN)/python benchmarks/vitis_quantize.py
 	$(BIN)/python benchmarks/degenerate_models.py
+	$(BIN)/python benchmarks/quark_agreement.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(QUARK_VENV) runs .pytest_cache .mypy_cache .ruff_cache

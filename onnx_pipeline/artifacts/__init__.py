@@ -4,7 +4,7 @@ A target profile lists artifact kinds (``artifacts = ["fp32-optimized", "int8-qd
 is built by the module ``onnx_pipeline.artifacts.<k with '-' as '_'>``, which satisfies
 ``base.ArtifactBuilder``: ``SPEC = BuilderSpec(...)`` and ``build(ctx)``. Adding an artifact kind is
 adding one module and naming it in a profile: nothing registers itself on import, nothing else lists
-the kinds.
+the kinds. A module whose name starts with ``_`` holds code several builders share and is not a kind.
 
 A builder module may also define ``verify_section(manifest, section) -> dict | None``: checks of its
 own files that ``onnx-pipeline verify BUNDLE`` makes beside hashes and fidelity (e.g. the Triton
@@ -31,7 +31,7 @@ _NOT_BUILDERS = {"base"}
 
 def available_kinds() -> tuple[str, ...]:
     """Every artifact kind a builder module exists for, sorted."""
-    names = (m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_BUILDERS)
+    names = (m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_BUILDERS and m.name[0] != "_")
     return tuple(sorted(name.replace("_", "-") for name in names))
 
 

@@ -123,7 +123,7 @@ def _quantize(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple
         ctx.out / "quant_params.json",
         {"schema": "onnx-pipeline/vitis-quant-params/1", "scheme": "power-of-two XINT8", "tensors": params},
     )
-    positions = [p.position for p in result.params.values()]
+    positions = [p.position for p in result.params.values() if p.position is not None]
     summary = {
         "scheme": "power-of-two XINT8 (int8, symmetric, zero point 0, scale 2^-pos)",
         "activations": sum(p.kind == "activation" for p in result.params.values()),

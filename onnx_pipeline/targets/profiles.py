@@ -20,6 +20,8 @@ from onnx_pipeline.targets.types import (
     ARCH_JSON_TEMPLATE,
     CALIBRATION_METHODS,
     FLOWS,
+    NPU_FLOWS,
+    NPU_QUANT_CONFIGS,
     OPTIMIZATION_LEVELS,
     PRECISIONS,
     QUANT_TYPES,
@@ -29,6 +31,7 @@ from onnx_pipeline.targets.types import (
     FidelityThresholds,
     Fp16Spec,
     HardwareTarget,
+    NpuSpec,
     OpsetRange,
     QuantizationSpec,
     SessionSpec,
@@ -103,6 +106,7 @@ _TOP_KEYS = {
     "fp16",
     "triton",
     "dpu",
+    "npu",
     "references",
 }
 
@@ -210,6 +214,7 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
     triton = _parse_triton(top.table("triton"))
     dpu_table = top.table("dpu")
     dpu = _parse_dpu_table(dict(dpu_table.data), source) if dpu_table is not None else None
+    npu = _parse_npu(top.table("npu"))
 
     return HardwareTarget(
         name=name,
@@ -226,6 +231,7 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
         fp16=fp16 if fp16 is not None else (Fp16Spec() if "fp16" in artifacts else None),
         triton=triton,
         dpu=dpu,
+        npu=npu,
         references=top.get_list("references", str, ()),
     )
 
@@ -446,3 +452,35 @@ def _parse_dpu_table(table: dict[str, Any], source: Path) -> DpuSpec:
     if values["flow"] == "vitis-ai-ep" and not values.get("vaip_config"):
         raise fail("'dpu.vaip_config' is required for flow 'vitis-ai-ep' (the board image's vaip_config.json)")
     return DpuSpec(**values)
+
+
+_NPU_STR = ("device", "board", "architecture", "toolchain", "support_table", "xclbin", "target")
+_NPU_INT = ("optimize_level", "threshold_gops_percent", "max_npu_subgraphs")
+
+
+def _parse_npu(table: _Table | None) -> NpuSpec | None:
+    """Validate a profile's ``[npu]`` table (AMD NPU flows) into an :class:`NpuSpec`."""
+    if table is None:
+        return None
+    table.refuse_unknown({"flow", "quant_config", "quant_configs", "min_cosine", "min_top1_agreement",
+                          "unconfirmed", "sources", *_NPU_STR, *_NPU_INT})  # fmt: skip
+    values: dict[str, Any] = {"flow": table.get("flow", str, choices=NPU_FLOWS)}
+    for key in _NPU_STR:
+        values[key] = table.get(key, str, ... if key in ("device", "board", "toolchain", "support_table") else "")
+    values["architecture"] = values["architecture"] or values["device"]
+    for key in _NPU_INT:
+        value = table.get(key, int, None)
+        if value is not None and value < 0:
+            raise table.fail(f"'{table.key_path(key)}' must be >= 0, got {value}")
+        if value is not None or key == "optimize_level":
+            values[key] = 1 if value is None else value
+    for key in ("min_cosine", "min_top1_agreement"):
+        value = table.get(key, float, None)
+        if value is not None and not -1.0 <= value <= 1.0:
+            raise table.fail(f"'{table.key_path(key)}' must be in [-1, 1], got {value}")
+        values[key] = value
+    values["quant_configs"] = table.get_list("quant_configs", str, choices=NPU_QUANT_CONFIGS)
+    values["quant_config"] = table.get("quant_config", str, choices=values["quant_configs"] or NPU_QUANT_CONFIGS)
+    values["unconfirmed"] = table.get_list("unconfirmed", str, ())
+    values["sources"] = table.get_list("sources", str, ())
+    return NpuSpec(**values)

@@ -46,7 +46,7 @@ SUPPORTED_OPSETS = (13, 23)
 
 
 #: optional profile tables, each parsed into the field of ``HardwareTarget`` of the same name
-OPTIONAL_TABLES: tuple[str, ...] = ("quantization", "fp16", "triton", "dpu")
+OPTIONAL_TABLES: tuple[str, ...] = ("quantization", "fp16", "triton", "dpu", "npu")
 
 
 #: the ONNX Runtime Vitis AI execution provider flow (VOE) and the classic XIR compiler flow
@@ -85,6 +85,45 @@ class DpuSpec:
     min_cosine: float | None = None
     min_top1_agreement: float | None = None
     sources: tuple[str, ...] = field(default=())
+
+
+#: AMD's NPU flows: the Versal AI Edge Gen 2 VAIML compiler, and Ryzen AI's Vitis AI EP on XDNA laptops
+NPU_FLOWS = ("vaiml", "ryzen-ai")
+#: the AMD Quark configurations a flow takes (BF16: the float model, converted by the compiler)
+NPU_QUANT_CONFIGS = ("XINT8", "VINT8", "A8W8", "A16W8", "BF16")
+
+
+@dataclass(frozen=True)
+class NpuSpec:
+    """One AMD NPU flow on one device: the toolchain, the quantization it takes, its compiler options.
+
+    ``quant_config`` is the configuration the bundle is built with; ``quant_configs`` the ones the
+    flow accepts (copy the profile and change ``quant_config`` to build another). ``support_table``
+    names the operator table of ``onnx_pipeline.vitis.npu_support`` the operator report uses.
+    """
+
+    flow: str  # "vaiml" or "ryzen-ai"
+    device: str  # vaiml_config "device" (VAIML) or the NPU family (Ryzen AI: "strix", "phoenix")
+    board: str
+    architecture: str
+    toolchain: str  # e.g. "Vitis AI 6.3", "Ryzen AI 1.5"
+    quant_config: str
+    quant_configs: tuple[str, ...]
+    support_table: str
+    optimize_level: int = 1
+    #: VAIML: subgraphs below this share of the model's GOPs fall back to the CPU
+    threshold_gops_percent: int | None = None
+    #: VAIML: NPU subgraphs beyond this count fall back to the CPU
+    max_npu_subgraphs: int | None = None
+    #: Ryzen AI INT8: the NPU binary (.xclbin) under the Ryzen AI installation
+    xclbin: str = ""
+    #: provider option "target" (VAIML)
+    target: str = ""
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+    #: facts of this profile the sources found did not confirm
+    unconfirmed: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +230,7 @@ class HardwareTarget:
     fp16: Fp16Spec | None = None
     triton: TritonSpec | None = None
     dpu: DpuSpec | None = None
+    npu: NpuSpec | None = None
     references: tuple[str, ...] = ()
 
     def table(self, name: str) -> Any:

@@ -91,7 +91,6 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
 
     Returns the rewrites made (for the log). Raises ``BundleError`` for what cannot be expressed.
     """
-    import onnx
     from onnx import helper
 
     model = parts.skeleton
@@ -125,68 +124,7 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
 
     consts = {i.name: i for i in graph.initializer}
     for node in list(graph.node):
-        if (
-            node.op_type
-            in (
-                "ReduceMean",
-                "ReduceMax",
-                "ReduceMin",
-                "ReduceProd",
-                "ReduceL1",
-                "ReduceL2",
-                "ReduceLogSum",
-                "ReduceLogSumExp",
-                "ReduceSumSquare",
-            )
-            and len(node.input) > 1
-        ):
-            axes_name = node.input[1]
-            if axes_name not in consts:
-                raise BundleError(f"{node.op_type} '{node.name}' takes its axes from a computed tensor: not static")
-            axes = [int(a) for a in onnx.numpy_helper.to_array(consts[axes_name]).ravel()]
-            attrs = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
-            del node.attribute[:]
-            node.attribute.extend(attrs)
-            node.attribute.append(helper.make_attribute("axes", axes))
-            del node.input[1:]
-            notes.append(f"{node.name}: axes input → attribute")
-        elif node.op_type in ("ReduceMean", "ReduceMax") or node.op_type.startswith("Reduce"):
-            for attr in list(node.attribute):
-                if attr.name == "noop_with_empty_axes":
-                    if attr.i:
-                        raise BundleError(f"{node.op_type} '{node.name}' uses noop_with_empty_axes=1 (opset 18+)")
-                    node.attribute.remove(attr)
-        elif node.op_type == "Split" and any(a.name == "num_outputs" for a in node.attribute):
-            raise BundleError(f"Split '{node.name}' uses num_outputs (opset 18+): export with explicit split sizes")
-        elif node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
-            raise BundleError(f"Pad '{node.name}' uses the axes input (opset 18+)")
-        elif node.op_type == "Resize":
-            for attr in list(node.attribute):
-                if attr.name in ("antialias", "keep_aspect_ratio_policy", "axes"):
-                    if attr.name == "antialias" and attr.i:
-                        raise BundleError(f"Resize '{node.name}' uses antialias=1 (opset 18+)")
-                    node.attribute.remove(attr)
-        elif (
-            node.op_type
-            in (
-                "Col2Im",
-                "GroupNormalization",
-                "BitwiseAnd",
-                "BitwiseOr",
-                "BitwiseXor",
-                "BitwiseNot",
-                "CenterCropPad",
-                "Mish",
-                "DFT",
-                "AffineGrid",
-                "Gelu",
-                "ImageDecoder",
-                "RMSNormalization",
-            )
-            and onnx.defs.has(node.op_type)
-            and onnx.defs.get_schema(node.op_type, TARGET_OPSET).since_version > 17
-        ):
-            raise BundleError(f"{node.op_type} '{node.name}' does not exist at opset 17")
+        _rewrite_for_opset17(node, consts, notes)
     _spatial_reductions_to_global_pool(graph, notes)
     _remove_unused_initializers(parts)
 
@@ -198,6 +136,75 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
     topological_sort(graph)
     infer_shapes(parts)
     return notes
+
+
+def _rewrite_for_opset17(node: Any, consts: dict[str, Any], notes: list[str]) -> None:
+    """One node in place: Reduce* axes input → attribute; refuse what opset 17 cannot express."""
+    import onnx
+    from onnx import helper
+
+    if (
+        node.op_type
+        in (
+            "ReduceMean",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceSumSquare",
+        )
+        and len(node.input) > 1
+    ):
+        axes_name = node.input[1]
+        if axes_name not in consts:
+            raise BundleError(f"{node.op_type} '{node.name}' takes its axes from a computed tensor: not static")
+        axes = [int(a) for a in onnx.numpy_helper.to_array(consts[axes_name]).ravel()]
+        attrs = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+        del node.attribute[:]
+        node.attribute.extend(attrs)
+        node.attribute.append(helper.make_attribute("axes", axes))
+        del node.input[1:]
+        notes.append(f"{node.name}: axes input → attribute")
+    elif node.op_type in ("ReduceMean", "ReduceMax") or node.op_type.startswith("Reduce"):
+        for attr in list(node.attribute):
+            if attr.name == "noop_with_empty_axes":
+                if attr.i:
+                    raise BundleError(f"{node.op_type} '{node.name}' uses noop_with_empty_axes=1 (opset 18+)")
+                node.attribute.remove(attr)
+    elif node.op_type == "Split" and any(a.name == "num_outputs" for a in node.attribute):
+        raise BundleError(f"Split '{node.name}' uses num_outputs (opset 18+): export with explicit split sizes")
+    elif node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
+        raise BundleError(f"Pad '{node.name}' uses the axes input (opset 18+)")
+    elif node.op_type == "Resize":
+        for attr in list(node.attribute):
+            if attr.name in ("antialias", "keep_aspect_ratio_policy", "axes"):
+                if attr.name == "antialias" and attr.i:
+                    raise BundleError(f"Resize '{node.name}' uses antialias=1 (opset 18+)")
+                node.attribute.remove(attr)
+    elif (
+        node.op_type
+        in (
+            "Col2Im",
+            "GroupNormalization",
+            "BitwiseAnd",
+            "BitwiseOr",
+            "BitwiseXor",
+            "BitwiseNot",
+            "CenterCropPad",
+            "Mish",
+            "DFT",
+            "AffineGrid",
+            "Gelu",
+            "ImageDecoder",
+            "RMSNormalization",
+        )
+        and onnx.defs.has(node.op_type)
+        and onnx.defs.get_schema(node.op_type, TARGET_OPSET).since_version > 17
+    ):
+        raise BundleError(f"{node.op_type} '{node.name}' does not exist at opset 17")
 
 
 def _upgrade_to_opset17(parts: ModelParts, source_opset: int) -> None:
