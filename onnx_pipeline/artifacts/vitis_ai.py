@@ -1,8 +1,9 @@
 """``vitis-ai``: a bundle for AMD/Xilinx DPUs (the Vitis AI DPU flow), for the profile's ``[dpu]``.
 
-Files: ``model_fp32.onnx`` (static batch 1, opset 17), ``model_xint8_qdq.onnx`` (power-of-two XINT8
-QDQ), ``quant_params.json``, the DPU operator report (JSON and Markdown), ``fidelity.json`` (float vs
-power-of-two), calibration samples, ``preprocess.json``, ``labels.json``, ``provider_options.json``,
+Files: ``model_fp32.onnx`` (static batch 1, opset 17; its weights in ``model_fp32.onnx.data`` when the
+model is over 2 GiB), ``model_xint8_qdq.onnx`` (power-of-two XINT8 QDQ, one file when it fits),
+``quant_params.json``, the DPU operator report (JSON and Markdown), ``fidelity.json`` (float vs power-of-two),
+calibration samples, ``preprocess.json``, ``labels.json``, ``provider_options.json``,
 ``run_on_board.py``, ``quark_requantize.py`` and ``VITIS_AI_NOTES.md``.
 """
 
@@ -49,16 +50,18 @@ def thresholds(ctx: BuildContext, spec: DpuSpec) -> FidelityThresholds:
 
 def build(ctx: BuildContext) -> ArtifactResult:
     from onnx_pipeline.vitis.dpu_report import build_dpu_report
-    from onnx_pipeline.vitis.graph import check_model_file, load_parts, to_static_opset17, write_model
+    from onnx_pipeline.vitis.graph import check_model_file, to_static_opset17, write_model
 
     spec = ctx.target.dpu
     assert spec is not None and ctx.data.calibration is not None
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    parts = load_parts(ctx.model_path)
+    parts = ctx.source.copy()  # the run's model as stored (its graph copied, its weights shared)
     rewrites = to_static_opset17(parts)
+    # One file when it fits, else the weights in model_fp32.onnx.data beside it.
     write_model(parts.skeleton, parts.weights, ctx.out / MODEL_FP32)
     check_model_file(ctx.out / MODEL_FP32)
+    parts.release()
     timings["prepare"] = round(time.perf_counter() - start, 3)
     report = build_dpu_report(parts.skeleton, spec)
     write_json(ctx.out / "dpu_report.json", report.to_dict())
