@@ -87,7 +87,8 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
             bundle_config = BundleConfig(
                 calibration_images=config.calibration_images, seed=config.verify.seed, force=True
             )
-            shared = SharedInputs(work)  # the targets share the model, the data and the reference outputs
+            # The targets share the model, the data and the reference outputs (the manifest was just written).
+            shared = SharedInputs(work, run=manifest)
             for target in targets:
                 _timed_bundle(work, target, bundle_config, report, progress, shared, final_dir=config.output)
             del shared

@@ -124,7 +124,7 @@ def calibrate_minmax(parts: ModelParts, input_name: str, samples: np.ndarray, *,
     tensors = _tensors_to_calibrate(parts.skeleton, _op_types_to_quantize())
     augmented = _augmented(parts, tensors)
     names = [t.name for t in parts.skeleton.graph.initializer if t.name in parts.weights]
-    arrays = [np.ascontiguousarray(parts.weights[n]) for n in names]
+    arrays = parts.session_arrays(names)
     # Basic rewrites only: fusions (Conv+Relu) would hide the tensors being measured.
     session = create_session(
         augmented.SerializeToString(),

@@ -108,8 +108,11 @@ class ModelParts:
         The serialised placeholder model and ``external_initializers``; keep the arrays alive.
         """
         names = [t.name for t in self.skeleton.graph.initializer if t.name in self.weights]
-        arrays = [np.ascontiguousarray(self.weights[n]) for n in names]
-        return self.weightless().SerializeToString(), (names, arrays)
+        return self.weightless().SerializeToString(), (names, self.session_arrays(names))
+
+    def session_arrays(self, names: Iterable[str]) -> list[np.ndarray]:
+        """The weights ``names`` as onnxruntime takes them: C-contiguous and aligned (a view where it is both)."""
+        return [np.require(self.weights[n], requirements=("C", "A")) for n in names]
 
     def full_model(self) -> Any:
         """A ModelProto with every weight inline (a copy of the weights: for tools that need one)."""
@@ -158,25 +161,43 @@ def _external_array(init: Any, base: Path, maps: dict[Path, mmap.mmap]) -> np.nd
 
 
 def load_parts(path: Path, *, min_elements: int = LARGE_ELEMENTS) -> ModelParts:
-    """Load ``path`` once, its large initializers as arrays: external data mapped, inline data copied out.
+    """Load ``path`` once, its large initializers as arrays viewing the file (mapped, never copied).
 
     Every externally stored initializer, and every inline one with more than ``min_elements``
-    elements, becomes an array. A corrupt file is an ``InputError``.
+    elements, becomes an array: a read-only view of the mapped data file or of the model file itself
+    (``scan.split_raw_data`` finds the bytes without parsing them). A corrupt file is an ``InputError``.
     """
     import onnx
     from onnx import numpy_helper
 
     from onnx_pipeline.onnxfile.model import load_onnx
+    from onnx_pipeline.onnxfile.scan import split_raw_data
 
     path = Path(path)
-    model = load_onnx(path, load_external_data=False)
-    weights: dict[str, np.ndarray] = {}
     maps: dict[Path, mmap.mmap] = {}
-    for init in model.graph.initializer:
+    raw: list[tuple[int, int] | None] = []
+    model = None
+    if path.is_file() and path.stat().st_size > 0:
+        mapped = _map(path, maps)
+        try:
+            head, raw = split_raw_data(mapped, min_elements)
+            model = onnx.ModelProto.FromString(head)
+        except Exception:  # not a well-formed protobuf: load_onnx says what is wrong
+            model = None
+        if model is None or len(raw) != len(model.graph.initializer) or not (model.graph.node or model.graph.output):
+            maps.clear()
+            model, raw = None, []
+    if model is None:
+        model = load_onnx(path, load_external_data=False)
+        raw = [None] * len(model.graph.initializer)
+    weights: dict[str, np.ndarray] = {}
+    for init, where in zip(model.graph.initializer, raw, strict=True):
         if init.data_location == onnx.TensorProto.EXTERNAL:
             array = _external_array(init, path.parent, maps)
+        elif where is not None:
+            array = _view(maps[path], init, where)
         elif _elements(init) > min_elements:
-            array = numpy_helper.to_array(init)  # one copy out of the protobuf (no second one)
+            array = numpy_helper.to_array(init)  # data in typed fields: one copy out of the protobuf
         else:
             continue
         weights[init.name] = array
@@ -185,6 +206,20 @@ def load_parts(path: Path, *, min_elements: int = LARGE_ELEMENTS) -> ModelParts:
     skeleton.CopyFrom(model)  # a fresh arena: the stripped bytes of `model` are released with it
     del model
     return ModelParts(skeleton=skeleton, weights=weights, maps=list(maps.values()))
+
+
+def _view(mapped: mmap.mmap, init: Any, where: tuple[int, int]) -> np.ndarray:
+    """A read-only view of ``init``'s raw data at ``where`` = (offset, length) in the mapped model file."""
+    import onnx
+
+    from onnx_pipeline.errors import InputError
+
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).newbyteorder("<")
+    offset, length = where
+    count = _elements(init)
+    if count * dtype.itemsize != length:
+        raise InputError(f"initializer {init.name!r} holds {length} bytes for {count} elements: re-export the model")
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset).reshape(tuple(init.dims))
 
 
 def split_model(model: Any, *, min_elements: int = LARGE_ELEMENTS) -> ModelParts:

@@ -98,9 +98,10 @@ class SharedInputs:
     held-out data, and the reference outputs on each distinct held-out set.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, run: RunManifest | None = None) -> None:
+        """``run``: the folder's manifest when the caller has just written it (its files are not hashed again)."""
         self.run_dir = Path(run_dir)
-        self._run: RunManifest | None = None
+        self._run: RunManifest | None = run
         self._parts: dict[bool, ModelParts] = {}
         self._data: dict[tuple[Any, ...], BundleData] = {}
         self._reference: dict[str, tuple[np.ndarray, ...]] = {}
