@@ -38,9 +38,11 @@ def optimize_offline(ctx: BuildContext, file: str, *, level: str | None = None, 
     ``source``: a model file to optimise instead of the run's. Returns the level.
     """
     level = level or ctx.target.session.offline_optimization
-    entries = {}
+    # This session only writes the optimised graph: packing its weights for the kernels would cost a
+    # second copy of them for nothing (the written model is the same).
+    entries = {"session.disable_prepacking": "1"}
     if too_large(ctx) and not file.endswith(".ort"):
-        entries = {
+        entries |= {
             "session.optimized_model_external_initializers_file_name": f"{file}.data",
             "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
         }

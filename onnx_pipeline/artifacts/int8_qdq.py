@@ -125,10 +125,11 @@ def calibrate_minmax(parts: ModelParts, input_name: str, samples: np.ndarray, *,
     augmented = _augmented(parts, tensors)
     names = [t.name for t in parts.skeleton.graph.initializer if t.name in parts.weights]
     arrays = parts.session_arrays(names)
-    # Basic rewrites only: fusions (Conv+Relu) would hide the tensors being measured.
+    # Basic rewrites only: fusions (Conv+Relu) would hide the tensors being measured. The weights are
+    # used where they are (a few batched runs): no packed second copy of them.
     session = create_session(
         augmented.SerializeToString(),
-        settings=SessionSettings(graph_optimization_level="basic"),
+        settings=SessionSettings(graph_optimization_level="basic", config_entries={"session.disable_prepacking": "1"}),
         external_initializers=(names, arrays),
         what="the calibration model",
     )

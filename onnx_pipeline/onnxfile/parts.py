@@ -127,12 +127,29 @@ class ModelParts:
                 del init.dims[:]
                 init.dims.extend(array.shape)
                 init.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+                self.release()  # the mapped pages just copied: not kept resident beside the copy
         return model
 
     def release(self) -> None:
         """Let the kernel drop the mapped pages read so far from this process (they stay in the page cache)."""
         for mapped in self.maps:
-            mapped.madvise(mmap.MADV_DONTNEED)
+            release_mapping(mapped)
+
+
+def release_mapping(mapped: mmap.mmap) -> None:
+    """Drop the pages of a read-only file mapping from this process's resident set (re-read on next use)."""
+    if not mapped.closed:
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def mapping_of(array: np.ndarray) -> mmap.mmap | None:
+    """The file mapping ``array`` views, if any (following its ``base`` chain)."""
+    base: Any = array
+    while base is not None:
+        if isinstance(base, mmap.mmap):
+            return base
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    return None
 
 
 def _map(path: Path, maps: dict[Path, mmap.mmap]) -> mmap.mmap:

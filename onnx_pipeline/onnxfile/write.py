@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from onnx_pipeline.errors import BundleError
-from onnx_pipeline.onnxfile.parts import tensor_header
+from onnx_pipeline.onnxfile.parts import mapping_of, release_mapping, tensor_header
 
 #: protobuf cannot serialise a single message over 2 GiB: bigger models must use external data
 PROTOBUF_LIMIT = 2**31 - 1
@@ -117,6 +117,9 @@ class _Tensor:
             view = memoryview(_little_endian(self.source)).cast("B")  # type: ignore[arg-type]
             for start in range(0, len(view), _CHUNK):
                 yield view[start : start + _CHUNK]
+            mapped = mapping_of(self.source)
+            if mapped is not None:  # a view of a mapped file: its pages need not stay resident once copied
+                release_mapping(mapped)
         elif isinstance(self.source, tuple):
             yield from _read_range(self.source[0], self.source[1], self.length)
         else:
