@@ -135,14 +135,46 @@ def _run_simplifier(model: Any, backend: str) -> Any:
         return onnxslim.slim(model)
 
 
+class _SimplifierFailed(Exception):
+    def __init__(self, reason: str, hidden: int) -> None:
+        super().__init__(reason)
+        self.reason, self.hidden = reason, hidden
+
+
+def _simplify_weightless(model: Any, base: Path, backend: str) -> tuple[Any, list[Any]]:
+    """Run the simplifier on ``model`` without its hideable weights; returns (result, the weights put back).
+
+    ``model`` (loaded without external data) gets the data of every other externally stored tensor:
+    the simplifier may fold them. ``_SimplifierFailed`` when the simplifier raises.
+    """
+    import onnx
+    from onnx import external_data_helper
+
+    hidden_names = _hideable(model)
+    hidden = [init for init in model.graph.initializer if init.name in hidden_names]
+    for init in model.graph.initializer:
+        if init.name not in hidden_names and init.external_data:
+            external_data_helper.load_external_data_for_tensor(init, str(base))
+            init.data_location = onnx.TensorProto.DEFAULT
+            del init.external_data[:]
+    # Work on a weightless copy: the hidden weights become graph inputs of the same signature.
+    weightless = weightless_copy(model, hidden_names, as_inputs=True)
+    try:
+        simplified = _run_simplifier(weightless, backend)
+    except Exception as exc:  # simplifiers raise anything, including from C++
+        reason = f"{type(exc).__name__}: {first_line(exc)[:300]}" if str(exc).strip() else type(exc).__name__
+        raise _SimplifierFailed(reason, len(hidden)) from None
+    # Put the weights back: drop the stand-in inputs, restore the original (external) tensors.
+    restore_initializers(simplified, hidden)
+    return simplified, hidden
+
+
 def simplify_model(src: Path, dst: Path, config: SimplifyConfig, *, sample: np.ndarray | None = None) -> SimplifyResult:
     """Simplify ``src`` into ``dst`` (same folder, so external data keeps resolving).
 
     ``dst`` always exists afterwards: the simplified model, or a copy of ``src`` when
     simplification was disabled, failed, changed nothing, or changed the outputs.
     """
-    import onnx
-    from onnx import external_data_helper
 
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -169,23 +201,10 @@ def simplify_model(src: Path, dst: Path, config: SimplifyConfig, *, sample: np.n
     if not config.enabled:
         return keep("disabled (--no-simplify)")
 
-    hidden_names = _hideable(model)
-    hidden = [init for init in model.graph.initializer if init.name in hidden_names]
-    for init in model.graph.initializer:  # the simplifier may fold the others: it gets their data
-        if init.name not in hidden_names and init.external_data:
-            external_data_helper.load_external_data_for_tensor(init, str(base))
-            init.data_location = onnx.TensorProto.DEFAULT
-            del init.external_data[:]
-    # Work on a weightless copy: the hidden weights become graph inputs of the same signature.
-    weightless = weightless_copy(model, hidden_names, as_inputs=True)
     try:
-        simplified = _run_simplifier(weightless, config.backend)
-    except Exception as exc:  # simplifiers raise anything, including from C++
-        reason = f"{type(exc).__name__}: {first_line(exc)[:300]}" if str(exc).strip() else type(exc).__name__
-        return keep(f"{config.backend} failed, unsimplified model kept: {reason}", hidden=len(hidden))
-    del weightless
-    # Put the weights back: drop the stand-in inputs, restore the original (external) tensors.
-    restore_initializers(simplified, hidden)
+        simplified, hidden = _simplify_weightless(model, base, config.backend)
+    except _SimplifierFailed as exc:
+        return keep(f"{config.backend} failed, unsimplified model kept: {exc.reason}", hidden=exc.hidden)
     changed = _signature(simplified) != _signature(model)
     if not changed:
         return keep("no change: the exported graph was already simple", hidden=len(hidden))

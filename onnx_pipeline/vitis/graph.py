@@ -42,7 +42,6 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
 
     Returns the rewrites made (for the log). Raises ``BundleError`` for what cannot be expressed.
     """
-    import onnx
     from onnx import helper
 
     model = parts.skeleton
@@ -73,6 +72,25 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
             if not dim.HasField("dim_value"):
                 raise BundleError(f"{value.name} has a dynamic dimension {i} ({dim.dim_param!r}): export it static")
     del graph.value_info[:]
+
+    _rewrite_nodes(graph, notes)
+    _spatial_reductions_to_global_pool(graph, notes)
+    _remove_unused_initializers(parts)
+
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", TARGET_OPSET))
+    for domain in sorted(domains):
+        log.debug("dropping unused opset import %s", domain)
+    model.ir_version = TARGET_IR_VERSION
+    topological_sort(graph)
+    infer_shapes(parts)
+    return notes
+
+
+def _rewrite_nodes(graph: Any, notes: list[str]) -> None:
+    """Per node: reduction axes as attributes, opset-18+ attributes removed, or a ``BundleError`` saying why not."""
+    import onnx
+    from onnx import helper
 
     consts = {i.name: i for i in graph.initializer}
     for node in list(graph.node):
@@ -138,17 +156,6 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
             and onnx.defs.get_schema(node.op_type, TARGET_OPSET).since_version > 17
         ):
             raise BundleError(f"{node.op_type} '{node.name}' does not exist at opset 17")
-    _spatial_reductions_to_global_pool(graph, notes)
-    _remove_unused_initializers(parts)
-
-    del model.opset_import[:]
-    model.opset_import.append(helper.make_opsetid("", TARGET_OPSET))
-    for domain in sorted(domains):
-        log.debug("dropping unused opset import %s", domain)
-    model.ir_version = TARGET_IR_VERSION
-    topological_sort(graph)
-    infer_shapes(parts)
-    return notes
 
 
 def _upgrade_to_opset17(parts: ModelParts, source_opset: int) -> None:
