@@ -22,7 +22,7 @@ from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, run_batch
 from onnx_pipeline.bundling.fidelity import judge
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.files import sha256_file, to_jsonable, write_json
-from onnx_pipeline.runtime.session import create_session
+from onnx_pipeline.runtime.session import SessionSettings, create_session
 from onnx_pipeline.targets import DpuSpec, FidelityThresholds
 
 KIND = "vitis-ai"
@@ -69,6 +69,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
     initializers = {t.name for t in parts.skeleton.graph.initializer}
     input_name = next(i.name for i in parts.skeleton.graph.input if i.name not in initializers)
     result, quant_summary = _quantize(ctx, parts, timings)
+    del parts  # its int8 weights are in the file now: not kept beside the sessions that judge it
     float_fidelity = _float_fidelity(ctx, spec, input_name, result)
     write_json(ctx.out / "fidelity.json", float_fidelity)
     provider = _write_side_files(ctx, spec, input_name, report)
@@ -147,7 +148,9 @@ def _quantize(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple
 
 def _float_fidelity(ctx: BuildContext, spec: DpuSpec, input_name: str, result: Any) -> dict[str, Any]:
     """The power-of-two model (QDQ kept as float arithmetic) against the static fp32 model, per sample."""
-    session = create_session(ctx.out / MODEL_QDQ, qdq_as_float=True)
+    # Run a few times only: the weights (dequantized once, as float) are used where they are, not packed again.
+    settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
+    session = create_session(ctx.out / MODEL_QDQ, qdq_as_float=True, settings=settings)
     names = list(result.output_names)
     test = run_batches(session, np.asarray(ctx.data.heldout, dtype=np.float32))
     reference = [result.reference_outputs[n] for n in names]
