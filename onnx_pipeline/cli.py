@@ -97,13 +97,43 @@ def _errors(debug: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A spinner on stderr naming the step that runs (stdout stays clean for --json)."""
+def _progress(enabled: bool, bars: bool = False) -> Iterator[Callable[[str], None]]:
+    """On stderr: a spinner naming the step that runs, or with ``bars`` (``--progress``) one bar per stage
+    with its time, kept on screen. Off when ``enabled`` is false (``--json``) or stderr is not a terminal;
+    the bars also need stdout to be a terminal (stdout stays clean when it is piped)."""
     if not enabled or not err.is_terminal:
         yield lambda _step: None
         return
+    if bars and out.is_terminal:
+        with _stage_bars() as step:
+            yield step
+        return
     with err.status("starting") as status:
         yield lambda step: status.update(f"[bold]{step}[/] …")
+
+
+@contextmanager
+def _stage_bars() -> Iterator[Callable[[str], None]]:
+    """One rich progress bar per stage: pulsing while the stage runs, full (with its time) once the next starts."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"), BarColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=err) as bars:
+        current: list[Any] = []
+
+        def finish() -> None:
+            if current:
+                bars.update(current.pop(), total=1, completed=1)
+
+        def step(name: str) -> None:
+            finish()
+            current.append(bars.add_task(_escape(name), total=None))
+
+        try:
+            yield step
+        finally:
+            finish()
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -205,12 +235,17 @@ def _closing_line(status: str, seconds: float, output: Any) -> None:
 
 
 def _run_reported(
-    call: Callable[[Callable[[str], None]], Any], *, as_json: bool, report: Path | None, output: Any
+    call: Callable[[Callable[[str], None]], Any],
+    *,
+    as_json: bool,
+    report: Path | None,
+    output: Any,
+    bars: bool = False,
 ) -> None:
     """Run a library call that returns a RunReport; print it, the closing line, and exit with its code."""
     start = time.perf_counter()
     try:
-        with _progress(not as_json) as progress:
+        with _progress(not as_json, bars) as progress:
             result = call(progress)
     except PipelineError as exc:
         if exc.result is not None and hasattr(exc.result, "to_dict"):
@@ -257,6 +292,10 @@ CosOpt = Annotated[float | None, typer.Option("--min-cosine", help="Smallest cos
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout, nothing else.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Also write the JSON report to this file.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+ProgressOpt = Annotated[
+    bool,
+    typer.Option("--progress", help="A progress bar per stage (on a terminal; never with --json)."),
+]
 IsolateOpt = Annotated[
     bool,
     typer.Option("--isolate/--no-isolate", help="Run the PyTorch side in its own process (frees its memory)."),
@@ -312,6 +351,7 @@ def export(
     isolate: IsolateOpt = True,
     rescale_random: RescaleOpt = True,
     as_json: JsonOpt = False,
+    show_progress: ProgressOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -359,6 +399,7 @@ def export(
             as_json=as_json,
             report=report,
             output=output,
+            bars=show_progress,
         )
 
 
@@ -384,6 +425,7 @@ def verify(
     rescale_random: RescaleOpt = True,
     trust_source: TrustOpt = False,
     as_json: JsonOpt = False,
+    show_progress: ProgressOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -422,6 +464,7 @@ def verify(
             as_json=as_json,
             report=report,
             output=path,
+            bars=show_progress,
         )
 
 
@@ -481,6 +524,7 @@ def bundle(
     seed: SeedOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing bundles.")] = False,
     as_json: JsonOpt = False,
+    show_progress: ProgressOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -508,6 +552,7 @@ def bundle(
             as_json=as_json,
             report=report,
             output=run / "bundles",
+            bars=show_progress,
         )
 
 

@@ -32,7 +32,7 @@ from onnx_pipeline.onnxfile import PROTOBUF_LIMIT, describe_model, external_data
 from onnx_pipeline.pytorch_stage import TorchStage, call_torch, reference_stage, torch_stage
 from onnx_pipeline.report import RunReport, reported, tool_versions
 from onnx_pipeline.sources import model_config_from_source
-from onnx_pipeline.steps.bundle import BundleResult, build_bundle
+from onnx_pipeline.steps.bundle import BundleResult, SharedInputs, build_bundle
 from onnx_pipeline.steps.check import check_model
 from onnx_pipeline.steps.simplify import SimplifyResult, simplify_model
 from onnx_pipeline.steps.verify import verify_parity
@@ -87,8 +87,11 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
             bundle_config = BundleConfig(
                 calibration_images=config.calibration_images, seed=config.verify.seed, force=True
             )
+            # The targets share the model, the data and the reference outputs (the manifest was just written).
+            shared = SharedInputs(work, run=manifest)
             for target in targets:
-                _timed_bundle(work, target, bundle_config, report, progress, final_dir=config.output)
+                _timed_bundle(work, target, bundle_config, report, progress, shared, final_dir=config.output)
+            del shared
             report.status = "passed"
             report.timings["total"] = round(report.seconds, 3)
             dataclasses.replace(manifest, timings=dict(report.timings)).write(work)
@@ -253,6 +256,7 @@ def _timed_bundle(
     config: BundleConfig,
     report: RunReport,
     progress: Progress,
+    shared: SharedInputs,
     *,
     final_dir: Path | None = None,
 ) -> BundleResult:
@@ -260,7 +264,7 @@ def _timed_bundle(
     start = time.perf_counter()
     bundles = report.steps.setdefault("bundles", {})
     try:
-        result = build_bundle(run_dir, target, config)
+        result = build_bundle(run_dir, target, config, shared=shared, progress=progress)
     except BundleError as exc:
         if exc.result is not None:
             bundles[target.name] = to_jsonable(exc.result)
@@ -283,8 +287,9 @@ def run_bundle(run_dir: Path, targets: list[str], config: BundleConfig, *, progr
         loaded = load_targets(targets)
         if not loaded:
             raise InputError("give at least one --target (onnx-pipeline targets lists them)")
+        shared = SharedInputs(Path(run_dir))
         for target in loaded:
-            _timed_bundle(Path(run_dir), target, config, report, progress)
+            _timed_bundle(Path(run_dir), target, config, report, progress, shared)
     return report
 
 

@@ -138,7 +138,7 @@ def call_torch(isolate: bool, fn: Callable[..., Any], *args: Any) -> Any:
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     worker = context.Process(target=_worker, args=(sender, fn, args), daemon=True)
-    worker.start()
+    _start_ignoring_sigint(worker)
     sender.close()
     try:
         while not receiver.poll(0.2):
@@ -170,6 +170,26 @@ def call_torch(isolate: bool, fn: Callable[..., Any], *args: Any) -> Any:
         error.exit_code = exit_code
         raise error
     raise StepError(f"the PyTorch process failed: {value}. Run again with --no-isolate --debug to see the traceback")
+
+
+def _start_ignoring_sigint(worker: Any) -> None:
+    """Start ``worker`` with SIGINT ignored from its first instruction.
+
+    Ctrl-C reaches the whole foreground process group: a worker still starting up (before ``_worker``
+    can ignore it) would die with a KeyboardInterrupt traceback on the user's terminal. An ignored
+    signal stays ignored across exec, and Python then leaves it so.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        worker.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        worker.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _worker(sender: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:

@@ -153,13 +153,13 @@ def build_artifact(
     """Run one artifact builder on ``model_path`` with in-memory data, as the bundle step would; returns its result."""
     from onnx_pipeline.artifacts import load_builder
     from onnx_pipeline.artifacts.base import BuildContext, BundleData, run_batches
-    from onnx_pipeline.onnxfile import infer_shapes, load_onnx
+    from onnx_pipeline.onnxfile import infer_shapes, load_parts
     from onnx_pipeline.runtime.session import create_session
 
     folder = model_path.parent
     run = run_manifest_for(folder, model_path.name, labels=labels)
-    model = load_onnx(model_path)
-    infer_shapes(model)
+    parts = load_parts(model_path)
+    infer_shapes(parts.skeleton)
     info = {"synthetic": synthetic, "samples": len(heldout)}
     data = BundleData(calibration, None if calibration is None else info, heldout, info)
     session = create_session(model_path)
@@ -171,10 +171,10 @@ def build_artifact(
         out=out,
         run=run,
         model_path=model_path,
-        model=model,
+        parts=parts,
         data=data,
         reference=tuple(reference),
-        output_names=tuple(o.name for o in model.graph.output),
+        output_names=tuple(o.name for o in parts.skeleton.graph.output),
         dynamic_batch=run.dynamic_batch and target.batch == "dynamic",
     )
     return load_builder(kind).build(ctx)

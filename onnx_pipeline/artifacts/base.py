@@ -5,6 +5,12 @@ A builder is a module of ``onnx_pipeline.artifacts`` named after the artifact ki
 ``ctx.out``, judges each model it makes with ``ctx.check`` and returns an ``ArtifactResult``: its
 models, its manifest section (recorded under ``artifacts[kind]``), its timings and its README lines.
 It never mutates the context; a builder that needs another kind's output reads ``ctx.built[kind]``.
+
+The context is shared: the fp32 model is loaded once per call as ``ModelParts`` (its graph, and its
+weights as arrays mapped from the run's data file or read once), the held-out data and reference
+outputs are computed once for every target of one ``export``/``bundle`` call. A builder derives
+what it needs from ``ctx.parts`` (``parts.copy()`` to rewrite a graph) and writes its files with
+``onnxfile.write_model``, reporting the digests it computed in ``ArtifactResult.hashes``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 from onnx_pipeline.bundling.fidelity import FidelityResult, judge
 from onnx_pipeline.files import to_jsonable
 from onnx_pipeline.manifest import ModelRecord, RunManifest
+from onnx_pipeline.onnxfile import ModelParts
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import FidelityThresholds, HardwareTarget
 
@@ -76,6 +83,8 @@ class ArtifactResult:
     #: Markdown list items for the bundle README ("- `file`: what it is")
     readme: tuple[str, ...] = ()
     findings: tuple[str, ...] = ()
+    #: sha256 of files it wrote, computed while writing (bundle-relative POSIX path → digest)
+    hashes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,9 @@ class BuildContext:
     run: RunManifest
     #: the run folder's fp32 model (its external data beside it)
     model_path: Path
-    #: the fp32 ModelProto, shapes inferred, batch fixed to 1 for a static-batch target; read-only
-    model: Any
+    #: the fp32 model for this target: shapes inferred, batch fixed to 1 for a static-batch target;
+    #: shared and read-only (its arrays may be a mapped file)
+    parts: ModelParts
     data: BundleData
     #: the fp32 model's outputs on ``data.heldout`` (what every model of the bundle is judged against)
     reference: tuple[np.ndarray, ...]
@@ -98,6 +108,18 @@ class BuildContext:
     dynamic_batch: bool
     #: results of the builders that ran before this one, by kind
     built: Mapping[str, ArtifactResult] = field(default_factory=dict)
+    #: the run's fp32 model as stored (batch as exported); the same object as ``parts`` when it is
+    run_parts: ModelParts | None = None
+
+    @property
+    def model(self) -> Any:
+        """The fp32 model's graph (``parts.skeleton``: large initializers carry no data); read-only."""
+        return self.parts.skeleton
+
+    @property
+    def source(self) -> ModelParts:
+        """The run's model as stored (``run_parts``, else ``parts``)."""
+        return self.run_parts if self.run_parts is not None else self.parts
 
     @property
     def scratch(self) -> Path:
@@ -120,13 +142,16 @@ class BuildContext:
         thresholds: FidelityThresholds | None = None,
         qdq_as_float: bool = False,
         external_data: tuple[str, ...] = (),
+        session: Any = None,
     ) -> BundleModel:
         """Run ``out/file`` on the held-out inputs on a CPU session and judge it against the reference.
 
-        This is the session ``onnx-pipeline verify BUNDLE`` re-runs; a shortfall is recorded in the
-        model's fidelity (the bundle step raises once every builder has run).
+        This is the session ``onnx-pipeline verify BUNDLE`` re-runs (``session``: one the builder
+        already opened on that file the same way); a shortfall is recorded in the model's fidelity
+        (the bundle step raises once every builder has run).
         """
-        session = create_session(self.out / file, qdq_as_float=qdq_as_float)
+        if session is None:
+            session = create_session(self.out / file, qdq_as_float=qdq_as_float)
         outputs = run_batches(session, self.data.heldout)
         result = judge(
             file,
@@ -139,6 +164,8 @@ class BuildContext:
             provider=session.get_providers()[0],
         )
         fmt = "ort" if file.endswith(".ort") else "onnx"
+        if not external_data and (self.out / f"{file}.data").is_file():  # how write_model names a data file
+            external_data = (f"{file}.data",)
         return BundleModel(file, kind, precision, result, level, fmt, external_data)
 
 

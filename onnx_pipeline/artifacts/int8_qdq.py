@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec
-from onnx_pipeline.onnxfile import weightless_copy
+from onnx_pipeline.onnxfile import ModelParts, split_model, write_model
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import QuantizationSpec
 
@@ -85,12 +85,12 @@ def _tensors_to_calibrate(model: Any, op_types: list[str]) -> list[str]:
     return names
 
 
-def _augmented(model: Any, tensors: list[str]) -> tuple[Any, list[str], list[np.ndarray]]:
-    """A weightless copy of ``model`` with each tensor's global min and max as extra (scalar) outputs."""
+def _augmented(parts: ModelParts, tensors: list[str]) -> Any:
+    """A weightless copy of the model with each tensor's global min and max as extra (scalar) outputs."""
     import onnx
     from onnx import helper
 
-    augmented, names, arrays = weightless_copy(model)
+    augmented = parts.weightless()
     graph = augmented.graph
     existing = {o.name for o in graph.output}
     for index, name in enumerate(tensors):
@@ -99,7 +99,7 @@ def _augmented(model: Any, tensors: list[str]) -> tuple[Any, list[str], list[np.
             graph.node.append(helper.make_node(op, [name], [out], keepdims=0, name=out))
             if out not in existing:
                 graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, []))
-    return augmented, names, arrays
+    return augmented
 
 
 def _batches(samples: np.ndarray, batch: int) -> Iterator[np.ndarray]:
@@ -107,16 +107,22 @@ def _batches(samples: np.ndarray, batch: int) -> Iterator[np.ndarray]:
         yield samples[start : start + batch]
 
 
-def calibrate_minmax(model: Any, input_name: str, samples: np.ndarray, *, dynamic_batch: bool) -> dict[str, Any]:
-    """Min/max of every tensor to calibrate over ``samples``, in as few onnxruntime runs as memory allows."""
+def calibrate_minmax(parts: ModelParts, input_name: str, samples: np.ndarray, *, dynamic_batch: bool) -> dict[str, Any]:
+    """Min/max of every tensor to calibrate over ``samples``, in as few onnxruntime runs as memory allows.
+
+    The weights are handed to onnxruntime in memory (``parts``' arrays), never serialised.
+    """
     from onnx_pipeline.runtime.session import SessionSettings
 
-    tensors = _tensors_to_calibrate(model, _op_types_to_quantize())
-    augmented, names, arrays = _augmented(model, tensors)
-    # Basic rewrites only: fusions (Conv+Relu) would hide the tensors being measured.
+    tensors = _tensors_to_calibrate(parts.skeleton, _op_types_to_quantize())
+    augmented = _augmented(parts, tensors)
+    names = [t.name for t in parts.skeleton.graph.initializer if t.name in parts.weights]
+    arrays = parts.session_arrays(names)
+    # Basic rewrites only: fusions (Conv+Relu) would hide the tensors being measured. The weights are
+    # used where they are (a few batched runs): no packed second copy of them.
     session = create_session(
         augmented.SerializeToString(),
-        settings=SessionSettings(graph_optimization_level="basic"),
+        settings=SessionSettings(graph_optimization_level="basic", config_entries={"session.disable_prepacking": "1"}),
         external_initializers=(names, arrays),
         what="the calibration model",
     )
@@ -157,19 +163,18 @@ class _ArrayReader:
 
 
 def quantize_qdq(
-    model: Any,
+    model: ModelParts | Any,
     input_name: str,
     samples: np.ndarray,
     spec: QuantizationSpec,
     *,
     dynamic_batch: bool,
 ) -> tuple[Any, QuantizeResult]:
-    """Quantize an fp32 ModelProto to int8 QDQ calibrated on ``samples``; returns (model, what was done).
+    """Quantize an fp32 model (``ModelParts`` or a ModelProto) to int8 QDQ calibrated on ``samples``.
 
-    ``model`` must carry shape information (value_info) for its activations (``infer_shapes``); it is
-    not modified.
+    Returns (the quantized ModelProto, what was done). ``model`` must carry shape information
+    (value_info) for its activations (``infer_shapes``); it is not modified.
     """
-    import onnx
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -186,18 +191,19 @@ def quantize_qdq(
         "symmetric_activations": spec.symmetric_activations,
         "extra_options": extra_options,
     }
+    parts = model if isinstance(model, ModelParts) else split_model(model)
     if spec.calibration_method != "minmax":
-        return _quantize_stock(model, input_name, samples, spec, extra_options, settings)
+        return _quantize_stock(parts.full_model(), input_name, samples, spec, extra_options, settings)
 
     start = time.perf_counter()
-    ranges = calibrate_minmax(model, input_name, samples, dynamic_batch=dynamic_batch)
+    ranges = calibrate_minmax(parts, input_name, samples, dynamic_batch=dynamic_batch)
+    parts.release()  # the mapped weights were read by the calibration session: the quantizer copies them
     if spec.symmetric_activations:
         ranges = {k: (-max(abs(lo), abs(hi)), max(abs(lo), abs(hi))) for k, (lo, hi) in ranges.items()}
     seconds_calibrate = time.perf_counter() - start
 
     start = time.perf_counter()
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    work = parts.full_model()  # the quantizer rewrites the model it is given
     weight_type, activation_type = _quant_type(spec.weight_type), _quant_type(spec.activation_type)
     work = update_opset_version(work, weight_type)
     # The caller's model is shape-inferred (see ``infer_shapes``): mark it so, or the quantizer saves,
@@ -277,14 +283,13 @@ def _quantize_stock(
 
 
 def build(ctx: BuildContext) -> ArtifactResult:
-    import onnx
-
     spec = ctx.target.quantization
     assert spec is not None and ctx.data.calibration is not None
     quantized, result = quantize_qdq(
-        ctx.model, ctx.model.graph.input[0].name, ctx.data.calibration, spec, dynamic_batch=ctx.dynamic_batch
+        ctx.parts, ctx.model.graph.input[0].name, ctx.data.calibration, spec, dynamic_batch=ctx.dynamic_batch
     )
-    onnx.save(quantized, str(ctx.out / FILE))
+    written = write_model(quantized, ctx.out / FILE)
+    del quantized
     model = ctx.check(FILE, SPEC.kind, SPEC.precision)
     section = {"file": FILE, **result.settings, "quantized_tensors": result.quantized_nodes}
     synthetic = bool(ctx.data.calibration_info and ctx.data.calibration_info.get("synthetic"))
@@ -293,6 +298,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
         models=(model,),
         section=section,
         timings={"calibrate": result.seconds_calibrate, "quantize": result.seconds_quantize},
+        hashes=written.hashes(ctx.out),
         readme=(
             f"- `{FILE}`: int8 static QDQ, per-channel weights"
             + (" — **calibrated on SYNTHETIC data; rebuild with calibration images**" if synthetic else ""),

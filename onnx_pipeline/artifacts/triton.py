@@ -1,6 +1,7 @@
 """``triton``: a Triton Inference Server model repository serving the bundle's fp16 model.
 
-``triton/<name>/1/model.onnx`` (a hard link to ``model.fp16.onnx`` where the file system allows) and
+``triton/<name>/1/model.onnx`` (a hard link to ``model.fp16.onnx`` where the file system allows, with its
+external data file beside it under the same name when it has one) and
 ``triton/<name>/config.pbtxt``, written, parsed back and checked against the model. The config is
 protobuf text format (Triton's ``ModelConfig``). ``parse_pbtxt`` is a small reader for that format
 (fields, nested messages, lists, strings, numbers, enums), enough to read back what
@@ -15,6 +16,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, timed
@@ -288,6 +290,14 @@ def model_name(source: str) -> str:
     return name.strip("_") or "model"
 
 
+def _link(source: Path, target: Path) -> None:
+    """A hard link to ``source`` where the file system allows it (same bytes, no copy), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def build(ctx: BuildContext) -> ArtifactResult:
     import onnx
 
@@ -299,11 +309,12 @@ def build(ctx: BuildContext) -> ArtifactResult:
     folder = ctx.out / "triton" / name
     (folder / "1").mkdir(parents=True)
     source = ctx.out / served
-    try:
-        os.link(source, folder / "1" / "model.onnx")
-    except OSError:
-        shutil.copyfile(source, folder / "1" / "model.onnx")
+    _link(source, folder / "1" / "model.onnx")
     model = onnx.load(str(source), load_external_data=False)
+    # The model's external data keeps its name: model.onnx refers to it by that relative location.
+    data = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    for location in data:
+        _link(ctx.out / location, folder / "1" / location)
     text = render_config(name, model, spec)
     (folder / "config.pbtxt").write_text(text, encoding="utf-8")
     summary = check_config(text, model, model_name=name, source=f"triton/{name}/config.pbtxt")
@@ -315,6 +326,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
         "config": f"triton/{name}/config.pbtxt",
         "model": f"triton/{name}/1/model.onnx",
         "serves": served,
+        **({"external_data": [f"triton/{name}/1/{location}" for location in data]} if data else {}),
         **summary,
     }
     return ArtifactResult(
@@ -323,7 +335,8 @@ def build(ctx: BuildContext) -> ArtifactResult:
         timings=timings,
         readme=(
             f"- `triton/`: Triton model repository; start with `tritonserver --model-repository=triton` "
-            f"(model `{name}`, max_batch_size {summary['max_batch_size']})",
+            f"(model `{name}`, max_batch_size {summary['max_batch_size']}"
+            + (f", its weights in `{', '.join(data)}` beside `model.onnx`)" if data else ")"),
         ),
     )
 

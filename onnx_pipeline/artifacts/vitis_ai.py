@@ -1,8 +1,9 @@
 """``vitis-ai``: a bundle for AMD/Xilinx DPUs (the Vitis AI DPU flow), for the profile's ``[dpu]``.
 
-Files: ``model_fp32.onnx`` (static batch 1, opset 17), ``model_xint8_qdq.onnx`` (power-of-two XINT8
-QDQ), ``quant_params.json``, the DPU operator report (JSON and Markdown), ``fidelity.json`` (float vs
-power-of-two), calibration samples, ``preprocess.json``, ``labels.json``, ``provider_options.json``,
+Files: ``model_fp32.onnx`` (static batch 1, opset 17; its weights in ``model_fp32.onnx.data`` when the
+model is over 2 GiB), ``model_xint8_qdq.onnx`` (power-of-two XINT8 QDQ, one file when it fits),
+``quant_params.json``, the DPU operator report (JSON and Markdown), ``fidelity.json`` (float vs power-of-two),
+calibration samples, ``preprocess.json``, ``labels.json``, ``provider_options.json``,
 ``run_on_board.py``, ``quark_requantize.py`` and ``VITIS_AI_NOTES.md``.
 """
 
@@ -21,7 +22,7 @@ from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSp
 from onnx_pipeline.bundling.fidelity import judge
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.files import sha256_file, to_jsonable, write_json
-from onnx_pipeline.runtime.session import create_session
+from onnx_pipeline.runtime.session import SessionSettings, create_session
 from onnx_pipeline.targets import DpuSpec, FidelityThresholds
 
 SPEC = BuilderSpec(
@@ -44,16 +45,18 @@ def thresholds(ctx: BuildContext, spec: DpuSpec) -> FidelityThresholds:
 
 def build(ctx: BuildContext) -> ArtifactResult:
     from onnx_pipeline.vitis.dpu_report import build_dpu_report
-    from onnx_pipeline.vitis.graph import check_model_file, load_parts, to_static_opset17, write_model
+    from onnx_pipeline.vitis.graph import check_model_file, to_static_opset17, write_model
 
     spec = ctx.target.dpu
     assert spec is not None and ctx.data.calibration is not None
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    parts = load_parts(ctx.model_path)
+    parts = ctx.source.copy()  # the run's model as stored (its graph copied, its weights shared)
     rewrites = to_static_opset17(parts)
+    # One file when it fits, else the weights in model_fp32.onnx.data beside it.
     write_model(parts.skeleton, parts.weights, ctx.out / MODEL_FP32)
     check_model_file(ctx.out / MODEL_FP32)
+    parts.release()
     timings["prepare"] = round(time.perf_counter() - start, 3)
     report = build_dpu_report(parts.skeleton, spec)
     write_json(ctx.out / "dpu_report.json", report.to_dict())
@@ -61,6 +64,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
     initializers = {t.name for t in parts.skeleton.graph.initializer}
     input_name = next(i.name for i in parts.skeleton.graph.input if i.name not in initializers)
     result, quant_summary = _quantize(ctx, parts, timings)
+    del parts  # its int8 weights are in the file now: not kept beside the sessions that judge it
     float_fidelity = _float_fidelity(ctx, spec, input_name, result)
     write_json(ctx.out / "fidelity.json", float_fidelity)
     provider = _write_side_files(ctx, spec, input_name, report)
@@ -139,7 +143,9 @@ def _quantize(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple
 
 def _float_fidelity(ctx: BuildContext, spec: DpuSpec, input_name: str, result: Any) -> dict[str, Any]:
     """The power-of-two model (QDQ kept as float arithmetic) against the static fp32 model, per sample."""
-    session = create_session(ctx.out / MODEL_QDQ, qdq_as_float=True)
+    # Run a few times only: the weights (dequantized once, as float) are used where they are, not packed again.
+    settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
+    session = create_session(ctx.out / MODEL_QDQ, qdq_as_float=True, settings=settings)
     names = list(result.output_names)
     test = run_batches(session, np.asarray(ctx.data.heldout, dtype=np.float32))
     reference = [result.reference_outputs[n] for n in names]

@@ -10,10 +10,11 @@ device. The manifest is ``manifest.BundleManifest``; its fields are documented t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,13 @@ from onnx_pipeline.artifacts.base import (
     run_batches,
 )
 from onnx_pipeline.bundling.data import prepare_data
+from onnx_pipeline.bundling.hashing import FileHasher
 from onnx_pipeline.bundling.readme import HELDOUT_FILE, bundle_readme
 from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.errors import BundleError, InputError, OutputExistsError, first_line
 from onnx_pipeline.files import atomic_output_dir
-from onnx_pipeline.manifest import BundleManifest, RunManifest, TargetInfo, hash_folder
-from onnx_pipeline.onnxfile import infer_shapes
+from onnx_pipeline.manifest import BundleManifest, RunManifest, TargetInfo
+from onnx_pipeline.onnxfile import ModelParts, infer_shapes, load_parts
 from onnx_pipeline.report import tool_versions
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import HardwareTarget
@@ -88,24 +90,99 @@ def fidelity_summary(where: Path, results: Sequence[Any], failures: Sequence[str
     return f"{status}, {where}: " + "; ".join(parts)
 
 
-def build_bundle(run_dir: Path, target: HardwareTarget, config: BundleConfig) -> BundleResult:
+class SharedInputs:
+    """What the bundles of one ``export``/``bundle`` call share, each computed once, on first use.
+
+    The run manifest (its files hashed once), the fp32 model as ``ModelParts`` (as stored, and with
+    the batch fixed to 1 for static-batch targets: the same weight arrays), the calibration and
+    held-out data, and the reference outputs on each distinct held-out set.
+    """
+
+    def __init__(self, run_dir: Path, *, run: RunManifest | None = None) -> None:
+        """``run``: the folder's manifest when the caller has just written it (its files are not hashed again)."""
+        self.run_dir = Path(run_dir)
+        self._run: RunManifest | None = run
+        self._parts: dict[bool, ModelParts] = {}
+        self._data: dict[tuple[Any, ...], BundleData] = {}
+        self._reference: dict[str, tuple[np.ndarray, ...]] = {}
+
+    def run(self) -> RunManifest:
+        if self._run is None:
+            self._run = RunManifest.read(self.run_dir)
+        return self._run
+
+    def parts(self, *, dynamic: bool) -> ModelParts:
+        """The fp32 model, shapes inferred; ``dynamic=False`` fixes a dynamic batch to 1."""
+        run = self.run()
+        if run.dynamic_batch not in self._parts:
+            path = run.model_path
+            try:
+                parts = load_parts(path)
+                infer_shapes(parts.skeleton)
+            except Exception as exc:  # onnx raises assorted errors on broken files
+                raise InputError(f"{path} is not a loadable ONNX model ({first_line(exc)}): re-run export") from None
+            self._parts[run.dynamic_batch] = parts
+        if dynamic not in self._parts:
+            from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+            parts = self._parts[run.dynamic_batch].copy()
+            graph = parts.skeleton.graph
+            make_input_shape_fixed(graph, graph.input[0].name, [1, *[int(d) for d in run.inputs[0].shape[1:]]])
+            infer_shapes(parts.skeleton)
+            self._parts[dynamic] = parts
+        return self._parts[dynamic]
+
+    def data(self, config: BundleConfig, calibrated: bool, max_calibration: int) -> BundleData:
+        run = self.run()
+        key = (config, calibrated, max_calibration)
+        if key not in self._data:
+            shape = tuple(int(d) for d in run.inputs[0].shape[1:])
+            self._data[key] = prepare_data(config, run.preprocessing, shape, calibrated, max_calibration)
+        return self._data[key]
+
+    def reference(self, heldout: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The run's model (the file, as ``verify BUNDLE`` reads it) on ``heldout``."""
+        key = hashlib.sha256(np.ascontiguousarray(heldout).data.cast("B")).hexdigest() + str(heldout.shape)
+        if key not in self._reference:
+            path = self.run().model_path
+            session = create_session(path, what=f"{path.name} (the run's model)")
+            self._reference[key] = tuple(run_batches(session, heldout))
+        return self._reference[key]
+
+    def release(self) -> None:
+        """Drop the model's mapped pages from this process (between builders: they are read again if needed)."""
+        for parts in self._parts.values():
+            parts.release()
+
+
+def build_bundle(
+    run_dir: Path,
+    target: HardwareTarget,
+    config: BundleConfig,
+    *,
+    shared: SharedInputs | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BundleResult:
     """Write ``run_dir/bundles/<target.name>/``; raise ``BundleError`` with the figures if it falls short.
 
     Every fidelity shortfall is collected first; the one error raised carries the full
     ``BundleResult`` in ``.result``. Nothing is left at the bundle path when the build fails.
+    ``shared``: what the bundles of one call share (made here when not given); ``progress`` is
+    called with each artifact kind as it starts.
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
     out_path = run_dir / "bundles" / target.name
     if out_path.exists() and not config.force:  # say so before minutes of work (checked again on renaming)
         raise OutputExistsError(f"{out_path} already exists: pass --force to replace it")
-    run = RunManifest.read(run_dir)
+    shared = shared or SharedInputs(run_dir)
+    run = shared.run()
     builders = builders_for(target)
     _check_fits(run, target, builders)
-    ctx = _context(run, target, config, builders)
-    with atomic_output_dir(out_path, force=config.force) as tmp:
+    ctx = _context(shared, target, config, builders)
+    with atomic_output_dir(out_path, force=config.force) as tmp, FileHasher(tmp) as hasher:
         ctx = dataclasses.replace(ctx, out=tmp)
-        results = _run_builders(ctx, builders)
+        results = _run_builders(ctx, builders, hasher, shared, progress)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         _write_heldout(tmp, ctx)
         models = tuple(m for r in results for m in r.models)
@@ -115,12 +192,11 @@ def build_bundle(run_dir: Path, target: HardwareTarget, config: BundleConfig) ->
         for r in results:
             timings.update({f"{r.kind}:{k}": v for k, v in r.timings.items() if k != "total"})
         timings["total"] = round(time.perf_counter() - started, 3)
-        files = hash_folder(tmp, exclude=("manifest.json",))
         result = BundleResult(
             target=target.name,
             bundle_dir=out_path,
             models=models,
-            files=files,
+            files=hasher.digests(exclude=("manifest.json",)),
             calibration=ctx.data.calibration_info,
             heldout={**ctx.data.heldout_info, "file": HELDOUT_FILE},
             artifacts={r.kind: r.section for r in results if r.section is not None},
@@ -156,52 +232,51 @@ def _check_fits(run: RunManifest, target: HardwareTarget, builders: Sequence[Art
 
 
 def _context(
-    run: RunManifest, target: HardwareTarget, config: BundleConfig, builders: Sequence[ArtifactBuilder]
+    shared: SharedInputs, target: HardwareTarget, config: BundleConfig, builders: Sequence[ArtifactBuilder]
 ) -> BuildContext:
-    """Load the fp32 model once, prepare the data, compute the reference outputs every builder is judged on."""
-    import onnx
-
-    sample_shape = tuple(int(d) for d in run.inputs[0].shape[1:])
+    """The model, the data and the reference outputs every builder is judged on (shared between targets)."""
+    run = shared.run()
     quantization = target.quantization
     max_calibration = quantization.max_calibration_samples if quantization else 64
-    calibrated = any(b.SPEC.calibrated for b in builders)
-    data = prepare_data(config, run.preprocessing, sample_shape, calibrated, max_calibration)
-    model_path = run.model_path
-    try:
-        model = onnx.load(str(model_path))
-        infer_shapes(model)
-    except Exception as exc:  # onnx raises assorted errors on broken files
-        raise InputError(f"{model_path} is not a loadable ONNX model ({first_line(exc)}): re-run export") from None
+    data = shared.data(config, any(b.SPEC.calibrated for b in builders), max_calibration)
     dynamic = run.dynamic_batch and target.batch == "dynamic"
-    if run.dynamic_batch and not dynamic:
-        from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
-
-        make_input_shape_fixed(model.graph, model.graph.input[0].name, [1, *sample_shape])
-        infer_shapes(model)
-    reference = run_batches(create_session(model_path, what=f"{model_path.name} (the run's model)"), data.heldout)
+    parts = shared.parts(dynamic=dynamic)
     return BuildContext(
         target=target,
         out=Path("."),
         run=run,
-        model_path=model_path,
-        model=model,
+        model_path=run.model_path,
+        parts=parts,
         data=data,
-        reference=tuple(reference),
-        output_names=tuple(o.name for o in model.graph.output),
+        reference=shared.reference(data.heldout),
+        output_names=tuple(o.name for o in parts.skeleton.graph.output),
         dynamic_batch=dynamic,
+        run_parts=shared.parts(dynamic=run.dynamic_batch),
     )
 
 
-def _run_builders(ctx: BuildContext, builders: Sequence[ArtifactBuilder]) -> list[ArtifactResult]:
+def _run_builders(
+    ctx: BuildContext,
+    builders: Sequence[ArtifactBuilder],
+    hasher: FileHasher,
+    shared: SharedInputs,
+    progress: Callable[[str], None] | None,
+) -> list[ArtifactResult]:
     results: dict[str, ArtifactResult] = {}
     for builder in builders:
+        if progress is not None:
+            progress(f"bundle {ctx.target.name}: {builder.SPEC.kind}")
         start = time.perf_counter()
         try:
             result = builder.build(dataclasses.replace(ctx, built=dict(results)))
         except BundleError as exc:
             raise BundleError(f"{builder.SPEC.kind}: {exc.message}", result=exc.result) from None
+        finally:
+            shared.release()
         total = round(time.perf_counter() - start, 3)
         results[builder.SPEC.kind] = dataclasses.replace(result, timings={**result.timings, "total": total})
+        hasher.add_known(result.hashes)
+        hasher.hash_new(skip=(".work",))  # in a second thread, while the next builder works
     return list(results.values())
 
 
@@ -270,4 +345,4 @@ def _manifest(
     )
 
 
-__all__ = ["BundleConfig", "BundleData", "BundleResult", "build_bundle", "fidelity_summary"]
+__all__ = ["BundleConfig", "BundleData", "BundleResult", "SharedInputs", "build_bundle", "fidelity_summary"]

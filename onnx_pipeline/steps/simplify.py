@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.config import SimplifyConfig
-from onnx_pipeline.onnxfile import ModelInfo, describe_model, load_onnx, model_skeleton
+from onnx_pipeline.errors import first_line
+from onnx_pipeline.onnxfile import (
+    ModelInfo,
+    describe_model,
+    load_onnx,
+    restore_initializers,
+    weightless_copy,
+    write_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +117,46 @@ def _run_simplifier(model: Any, backend: str) -> Any:
         return onnxslim.slim(model)
 
 
+class _SimplifierFailed(Exception):
+    def __init__(self, reason: str, hidden: int) -> None:
+        super().__init__(reason)
+        self.reason, self.hidden = reason, hidden
+
+
+def _simplify_weightless(model: Any, base: Path, backend: str) -> tuple[Any, list[Any]]:
+    """Run the simplifier on ``model`` without its hideable weights; returns (result, the weights put back).
+
+    ``model`` (loaded without external data) gets the data of every other externally stored tensor:
+    the simplifier may fold them. ``_SimplifierFailed`` when the simplifier raises.
+    """
+    import onnx
+    from onnx import external_data_helper
+
+    hidden_names = _hideable(model)
+    hidden = [init for init in model.graph.initializer if init.name in hidden_names]
+    for init in model.graph.initializer:
+        if init.name not in hidden_names and init.external_data:
+            external_data_helper.load_external_data_for_tensor(init, str(base))
+            init.data_location = onnx.TensorProto.DEFAULT
+            del init.external_data[:]
+    # Work on a weightless copy: the hidden weights become graph inputs of the same signature.
+    weightless = weightless_copy(model, hidden_names, as_inputs=True)
+    try:
+        simplified = _run_simplifier(weightless, backend)
+    except Exception as exc:  # simplifiers raise anything, including from C++
+        reason = f"{type(exc).__name__}: {first_line(exc)[:300]}" if str(exc).strip() else type(exc).__name__
+        raise _SimplifierFailed(reason, len(hidden)) from None
+    # Put the weights back: drop the stand-in inputs, restore the original (external) tensors.
+    restore_initializers(simplified, hidden)
+    return simplified, hidden
+
+
 def simplify_model(src: Path, dst: Path, config: SimplifyConfig, *, sample: np.ndarray | None = None) -> SimplifyResult:
     """Simplify ``src`` into ``dst`` (same folder, so external data keeps resolving).
 
     ``dst`` always exists afterwards: the simplified model, or a copy of ``src`` when
     simplification was disabled, failed, changed nothing, or changed the outputs.
     """
-    import onnx
-    from onnx import external_data_helper
 
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -143,42 +183,17 @@ def simplify_model(src: Path, dst: Path, config: SimplifyConfig, *, sample: np.n
     if not config.enabled:
         return keep("disabled (--no-simplify)")
 
-    hidden_names = _hideable(model)
-    hidden: dict[str, Any] = {}
-    kept = []
-    for init in model.graph.initializer:
-        if init.name in hidden_names:
-            hidden[init.name] = init
-        else:
-            if init.external_data:
-                external_data_helper.load_external_data_for_tensor(init, str(base))
-                init.data_location = onnx.TensorProto.DEFAULT
-                del init.external_data[:]
-            kept.append(init)
-    # Work on a weightless copy: the hidden weights become graph inputs of the same signature.
-    weightless = model_skeleton(model)
-    weightless.graph.initializer.extend(i for i in model.graph.initializer if i.name not in hidden)
-    for name, init in hidden.items():
-        weightless.graph.input.append(onnx.helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
     try:
-        simplified = _run_simplifier(weightless, config.backend)
-    except Exception as exc:  # simplifiers raise anything, including from C++
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        return keep(
-            f"{config.backend} failed, unsimplified model kept: {type(exc).__name__}: {first}", hidden=len(hidden)
-        )
-    del weightless
-    # Put the weights back: drop the stand-in inputs, restore the original (external) tensors.
-    inputs = [v for v in simplified.graph.input if v.name not in hidden]
-    del simplified.graph.input[:]
-    simplified.graph.input.extend(inputs)
-    used = {name for node in simplified.graph.node for name in node.input}
-    simplified.graph.initializer.extend(init for name, init in hidden.items() if name in used)
+        simplified, hidden = _simplify_weightless(model, base, config.backend)
+    except _SimplifierFailed as exc:
+        return keep(f"{config.backend} failed, unsimplified model kept: {exc.reason}", hidden=exc.hidden)
     changed = _signature(simplified) != _signature(model)
     if not changed:
         return keep("no change: the exported graph was already simple", hidden=len(hidden))
     tmp = dst.with_name(dst.name + ".simplified")
-    onnx.save_model(simplified, str(tmp))  # hidden weights still point at the external data beside it
+    # The hidden weights still point at the external data beside it; the rest goes to a data file of
+    # its own only if it would not fit in one file (the pipeline gathers the data files afterwards).
+    write_model(simplified, tmp, keep_external=True)
     diff = _compare_outputs(src, tmp, sample)
     if diff is not None and not diff[0]:
         tmp.unlink()

@@ -1,89 +1,40 @@
-"""ONNX graph helpers for the Vitis AI bundle: weight-less skeletons, opset-17 rewriting, streaming writes.
+"""ONNX graph helpers for the Vitis AI bundle: opset-17 rewriting of a ``ModelParts`` skeleton, and writing it.
 
-A VGG16-size model is never held twice: large initializers live once as numpy arrays beside a
-skeleton ``ModelProto`` whose tensors carry names, types and shapes but no data. The skeleton is what
-shape inference, rewriting and the DPU report work on; :func:`write_model` streams the arrays into
-the file without building a second copy (protobuf merges repeated occurrences of the ``graph`` field,
-so each large initializer is appended as its own small ``graph`` message).
+A VGG16-size model is never held twice: the skeleton (``onnxfile.ModelParts``) carries names, types
+and shapes, the large initializers live once as numpy arrays. Shape inference and the version
+converter see a weightless copy (``onnxfile.weightless_copy``); files are written by the one
+streaming writer (``onnxfile.write_model``), as one file when the model fits in one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.errors import BundleError
-from onnx_pipeline.onnxfile import PROTOBUF_LIMIT as _PROTOBUF_LIMIT
-from onnx_pipeline.onnxfile import topological_sort
-from onnx_pipeline.onnxfile import varint as _varint
+from onnx_pipeline.errors import BundleError, InputError
+from onnx_pipeline.onnxfile import ModelParts, restore_initializers, topological_sort, weightless_copy
+from onnx_pipeline.onnxfile import load_parts as _load_parts
+from onnx_pipeline.onnxfile import write_model as _write_model
 
 log = logging.getLogger(__name__)
 
 TARGET_OPSET = 17
 TARGET_IR_VERSION = 8  # the IR version that goes with opset 17
-_LARGE = 1024  # initializers with more elements than this live outside the skeleton
 _SPATIAL_REDUCE = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
 
-
-@dataclass
-class ModelParts:
-    """A skeleton ModelProto plus its large initializers as numpy arrays (name → array)."""
-
-    skeleton: Any  # onnx.ModelProto, large initializers without data
-    weights: dict[str, np.ndarray]
-
-    def array(self, name: str) -> np.ndarray | None:
-        """The value of an initializer (large or small), or None if ``name`` is not one."""
-        from onnx import numpy_helper
-
-        if name in self.weights:
-            return self.weights[name]
-        for init in self.skeleton.graph.initializer:
-            if init.name == name:
-                return numpy_helper.to_array(init)
-        return None
+__all__ = ["ModelParts", "load_parts", "shapes", "to_static_opset17", "topological_sort", "write_model"]
 
 
 def load_parts(path: Path) -> ModelParts:
-    """Load a model once, moving every large initializer out into a numpy array."""
-    import onnx
-    from onnx import external_data_helper, numpy_helper
-
+    """Load a model once, every large initializer as an array (external data mapped, not read)."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError...
-        raise BundleError(f"cannot read {path} as an ONNX model ({type(exc).__name__}: {exc})") from None
-    weights: dict[str, np.ndarray] = {}
-    for init in model.graph.initializer:
-        if external_data_helper.uses_external_data(init):
-            info = {e.key: e.value for e in init.external_data}
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-            count = int(np.prod(init.dims)) if init.dims else 1
-            data_path = path.parent / info["location"]
-            array = np.fromfile(data_path, dtype=dtype, count=count, offset=int(info.get("offset", 0)))
-            array = array.reshape(tuple(init.dims))
-        elif int(np.prod(init.dims)) > _LARGE if init.dims else False:
-            array = numpy_helper.to_array(init)  # one copy out of the protobuf (no second one)
-        else:
-            continue
-        weights[init.name] = array
-        _strip(init)
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)  # a fresh arena: the stripped bytes of `model` are released with it
-    del model
-    return ModelParts(skeleton=skeleton, weights=weights)
-
-
-def _strip(init: Any) -> None:
-    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-        init.ClearField(name)  # type: ignore[arg-type]
-    del init.external_data[:]
-    init.data_location = 0
+        return _load_parts(path)
+    except (InputError, OSError) as exc:
+        raise BundleError(f"cannot read {path} as an ONNX model ({exc})") from None
 
 
 def to_static_opset17(parts: ModelParts) -> list[str]:
@@ -122,9 +73,7 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
                 raise BundleError(f"{value.name} has a dynamic dimension {i} ({dim.dim_param!r}): export it static")
     del graph.value_info[:]
 
-    consts = {i.name: i for i in graph.initializer}
-    for node in list(graph.node):
-        _rewrite_for_opset17(node, consts, notes)
+    _rewrite_nodes(graph, notes)
     _spatial_reductions_to_global_pool(graph, notes)
     _remove_unused_initializers(parts)
 
@@ -136,6 +85,13 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
     topological_sort(graph)
     infer_shapes(parts)
     return notes
+
+
+def _rewrite_nodes(graph: Any, notes: list[str]) -> None:
+    """Per node: reduction axes as attributes, opset-18+ attributes removed, or a ``BundleError`` saying why not."""
+    consts = {i.name: i for i in graph.initializer}
+    for node in list(graph.node):
+        _rewrite_for_opset17(node, consts, notes)
 
 
 def _rewrite_for_opset17(node: Any, consts: dict[str, Any], notes: list[str]) -> None:
@@ -208,27 +164,16 @@ def _rewrite_for_opset17(node: Any, consts: dict[str, Any], notes: list[str]) ->
 
 
 def _upgrade_to_opset17(parts: ModelParts, source_opset: int) -> None:
-    """onnx.version_converter on a probe whose large initializers are typed graph inputs (no data copied)."""
-    import onnx
-    from onnx import helper, version_converter
+    """onnx.version_converter on a weightless copy (the large initializers as typed inputs, no data copied)."""
+    from onnx import version_converter
 
-    model = parts.skeleton
-    large = [i for i in model.graph.initializer if i.name in parts.weights]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    kept = [i for i in probe.graph.initializer if i.name not in parts.weights]
-    del probe.graph.initializer[:]
-    probe.graph.initializer.extend(kept)
-    probe.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in large)
+    large = [i for i in parts.skeleton.graph.initializer if i.name in parts.weights]
+    probe = weightless_copy(parts.skeleton, parts.weights, as_inputs=True)
     try:
         converted = version_converter.convert_version(probe, TARGET_OPSET)
     except Exception as exc:
         raise BundleError(f"cannot convert the model from opset {source_opset} to 17: {exc}") from None
-    names = {i.name for i in large}
-    inputs = [v for v in converted.graph.input if v.name not in names]
-    del converted.graph.input[:]
-    converted.graph.input.extend(inputs)
-    converted.graph.initializer.extend(large)
+    restore_initializers(converted, large)
     parts.skeleton = converted
 
 
@@ -269,21 +214,9 @@ def _remove_unused_initializers(parts: ModelParts) -> None:
 def infer_shapes(parts: ModelParts) -> None:
     """Strict shape inference on the skeleton (weights are typed graph inputs while it runs)."""
     import onnx
-    from onnx import helper
 
     model = parts.skeleton
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    large = {name for name in parts.weights}
-    kept = [i for i in probe.graph.initializer if i.name not in large]
-    typed = [
-        helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
-        for i in probe.graph.initializer
-        if i.name in large
-    ]
-    del probe.graph.initializer[:]
-    probe.graph.initializer.extend(kept)
-    probe.graph.input.extend(typed)
+    probe = weightless_copy(model, parts.weights, as_inputs=True)
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
@@ -303,59 +236,18 @@ def shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _field(number: int, payload_len: int) -> bytes:
-    return _varint((number << 3) | 2) + _varint(payload_len)
-
-
-_GRAPH_FIELD = 7  # ModelProto.graph
-_INITIALIZER_FIELD = 5  # GraphProto.initializer
-_RAW_DATA_FIELD = 9  # TensorProto.raw_data
-
-
 def write_model(
     skeleton: Any, weights: dict[str, np.ndarray], path: Path, *, order: Iterable[str] | None = None
 ) -> int:
     """Write ``skeleton`` with ``weights`` filled in, streaming each array once; returns the file size.
 
-    Every skeleton initializer named in ``weights`` is written with its data; the skeleton itself is
-    not modified. Models over protobuf's 2 GiB limit raise ``BundleError``.
+    One file when it fits under protobuf's 2 GiB limit, else the weights in ``<path>.data``. The
+    large initializers are written after the others (``order``: in that order), each with
+    ``data_location: DEFAULT``, as this bundle has always written them. The skeleton is not modified.
     """
-    import onnx
-
     names = list(order) if order is not None else [i.name for i in skeleton.graph.initializer if i.name in weights]
-    total = sum(weights[n].nbytes for n in names)
-    if total > _PROTOBUF_LIMIT - (64 << 20):
-        raise BundleError(f"the model's weights are {total / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit")
-    head = onnx.ModelProto()
-    head.CopyFrom(skeleton)
-    meta = {i.name: i for i in head.graph.initializer}
-    headers: dict[str, bytes] = {}
-    for name in names:
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(meta[name])
-        _strip(tensor)
-        tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(weights[name].dtype)
-        del tensor.dims[:]
-        tensor.dims.extend(weights[name].shape)
-        headers[name] = tensor.SerializeToString()
-    keep = [i for i in head.graph.initializer if i.name not in headers]
-    del head.graph.initializer[:]
-    head.graph.initializer.extend(keep)
-    with open(path, "wb") as handle:
-        handle.write(head.SerializeToString())
-        for name in names:
-            array = np.ascontiguousarray(weights[name])
-            little = array if array.dtype.byteorder in ("<", "=", "|") else array.astype(array.dtype.newbyteorder("<"))
-            raw_len = little.nbytes
-            tensor_len = len(headers[name]) + len(_field(_RAW_DATA_FIELD, raw_len)) + raw_len
-            graph_len = len(_field(_INITIALIZER_FIELD, tensor_len)) + tensor_len
-            handle.write(_field(_GRAPH_FIELD, graph_len))
-            handle.write(_field(_INITIALIZER_FIELD, tensor_len))
-            handle.write(headers[name])
-            handle.write(_field(_RAW_DATA_FIELD, raw_len))
-            handle.write(little.data.cast("B"))
-        size = handle.tell()
-    return size
+    written = _write_model(skeleton, path, weights=weights, order=names, explicit_location=True)
+    return written.size
 
 
 def write_model_external(skeleton: Any, weights: dict[str, np.ndarray], path: Path) -> None:
@@ -364,30 +256,7 @@ def write_model_external(skeleton: Any, weights: dict[str, np.ndarray], path: Pa
     onnxruntime then reads (or maps) each tensor straight from the data file instead of parsing a
     second in-memory copy of the whole model: the calibration session costs one copy of the weights.
     """
-    import onnx
-
-    model = onnx.ModelProto()
-    model.CopyFrom(skeleton)
-    data_name = path.name + ".data"
-    page = 4096
-    with open(path.parent / data_name, "wb") as handle:
-        for init in model.graph.initializer:
-            if init.name not in weights:
-                continue
-            array = np.ascontiguousarray(weights[init.name])
-            offset = handle.tell()
-            if offset % page:
-                handle.write(b"\0" * (page - offset % page))
-                offset = handle.tell()
-            handle.write(array.data.cast("B"))
-            _strip(init)
-            init.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
-            init.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
-                entry = init.external_data.add()
-                entry.key, entry.value = key, value
-    with open(path, "wb") as handle:
-        handle.write(model.SerializeToString())
+    _write_model(skeleton, path, weights=weights, external=True)
 
 
 def check_model_file(path: Path) -> None:

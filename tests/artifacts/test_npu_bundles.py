@@ -127,9 +127,9 @@ def test_scripts_refuse_without_amds_toolchain(tiny_bundles: dict[str, tuple[Pat
 
 def test_a_model_that_would_run_entirely_on_the_cpu_is_refused(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
-    from tests.vitis.graphs import conv_model, save
 
     from onnx_pipeline.errors import BundleError
+    from tests.vitis.graphs import conv_model, save
 
     model = conv_model()
     branch = helper.make_graph(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tests.vitis.graphs import branchy_model, save
 
 SCHEMES = ("XINT8", "VINT8", "A8W8", "A16W8")

@@ -1,0 +1,54 @@
+"""``--progress``: a bar per stage on a terminal, nothing on a pipe or under --json."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from onnx_pipeline import cli
+
+
+def _console(terminal: bool) -> tuple[Console, io.StringIO]:
+    sink = io.StringIO()
+    return Console(file=sink, force_terminal=terminal, width=100), sink
+
+
+def test_bars_name_every_stage_and_finish_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    err, sink = _console(terminal=True)
+    out, _ = _console(terminal=True)
+    monkeypatch.setattr(cli, "err", err)
+    monkeypatch.setattr(cli, "out", out)
+    with cli._progress(True, bars=True) as step:
+        step("export")
+        step("bundle cuda: fp16")
+    text = sink.getvalue()
+    assert "export" in text and "bundle cuda: fp16" in text
+    assert text.count("✓") >= 2  # both stages shown finished
+
+
+@pytest.mark.parametrize(("enabled", "stdout_terminal"), [(False, True), (True, False)])
+def test_no_bars_under_json_or_when_stdout_is_piped(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool, stdout_terminal: bool
+) -> None:
+    err, sink = _console(terminal=True)
+    out, _ = _console(terminal=stdout_terminal)
+    monkeypatch.setattr(cli, "err", err)
+    monkeypatch.setattr(cli, "out", out)
+    with cli._progress(enabled, bars=True) as step:
+        step("export")
+    assert "━" not in sink.getvalue()
+
+
+def test_bundle_with_progress_and_json_prints_only_json(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = CliRunner().invoke(cli.app, ["bundle", str(run), "-t", "cuda", "--progress", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "passed"

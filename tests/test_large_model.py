@@ -1,0 +1,84 @@
+"""A model over 2 GB through export with every target, verify RUN, verify BUNDLE and predict.
+
+The model (tests/models/large_linear.py: 2.16 GB of float32 weights in a few Linear layers) cannot be
+one protobuf: each step must carry its weights as external data, with relative paths, hashed in the
+manifests, so that a bundle copied elsewhere still loads. The inputs are tiny (32×32) so the test is
+bounded by reading and writing the weights, not by arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnx_pipeline import api
+from onnx_pipeline.onnxfile import PROTOBUF_LIMIT
+
+MODELS = Path(__file__).resolve().parent / "models"
+FACTORY = f"{MODELS / 'large_linear.py'}:build"
+TARGETS = ("cpu-x86_64", "cuda", "vitis-ai-kv260")
+
+
+def _locations(path: Path) -> set[str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+
+
+@pytest.mark.slow
+def test_a_model_over_2gb_goes_through_every_step_and_target(tmp_path: Path) -> None:
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "camera"):
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(photos / f"{name}.jpg")
+    run = tmp_path / "run"
+    report = api.export(FACTORY, weights="random", output=run, targets=TARGETS, calibration_images=photos,
+                        images=photos, isolate=True)  # fmt: skip
+    assert report.status == "passed"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["external_data"] == "model.onnx.data" and "model.onnx.data" in manifest["files"]
+    assert (run / "model.onnx.data").stat().st_size > PROTOBUF_LIMIT
+
+    cpu, cuda, vitis = (run / "bundles" / t for t in TARGETS)
+    # fp32 optimised offline, its initializers in a data file of its own, named relative to the model
+    assert _locations(cpu / "model.fp32.onnx") == {"model.fp32.onnx.data"}
+    cpu_manifest = json.loads((cpu / "manifest.json").read_text())
+    records = {m["file"]: m for m in cpu_manifest["models"]}
+    assert records["model.fp32.onnx"]["external_data"] == ["model.fp32.onnx.data"]
+    assert "model.fp32.onnx.data" in cpu_manifest["files"]
+    # the ORT format cannot hold it: the bundle says so and is built without it
+    assert "model.fp32.ort" not in records and not (cpu / "model.fp32.ort").exists()
+    assert cpu_manifest["artifacts"]["ort"]["built"] is False
+    assert "cannot hold" in (cpu / "README.md").read_text()
+    # int8 and fp16 fit in one file; Triton serves the fp16 model
+    assert not _locations(cpu / "model.int8.onnx") and not _locations(cuda / "model.fp16.onnx")
+    served = json.loads((cuda / "manifest.json").read_text())["artifacts"]["triton"]["model"]
+    assert (cuda / served).read_bytes()[:64] == (cuda / "model.fp16.onnx").read_bytes()[:64]
+    # Vitis AI: the float intermediate with external data, the XINT8 model in one file
+    assert _locations(vitis / "model_fp32.onnx") == {"model_fp32.onnx.data"}
+    assert not _locations(vitis / "model_xint8_qdq.onnx")
+
+    assert api.verify(run, trust_source=True, isolate=True).status == "passed"
+    moved = tmp_path / "elsewhere"
+    for target in TARGETS:
+        assert api.verify(run / "bundles" / target).status == "passed", target
+        # a bundle copied elsewhere loads and predicts from any working directory
+        shutil.copytree(run / "bundles" / target, moved / target)
+    shutil.rmtree(run)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        for target in TARGETS:
+            (prediction,) = api.predict(moved / target, [photos / "chelsea.jpg"], top_k=3)
+            assert len(prediction.top_k) == 3 and prediction.class_name is not None
+            assert api.verify(moved / target).status == "passed"
+    finally:
+        os.chdir(cwd)
