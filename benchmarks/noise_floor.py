@@ -244,11 +244,11 @@ def _old_code(work: Path) -> Path:
     return folder
 
 
-def vgg16(work: Path, repeats: int) -> dict[str, Any]:
+def vgg16(work: Path, repeats: int, old_code: Path | None) -> dict[str, Any]:
     run_dir = work / "vgg16"
     if not run_dir.exists():
         run([*CLI, "export", "-m", "vgg16", "-w", "random", "-o", str(run_dir), "--json"])
-    old_code = _old_code(work)
+    old_code = old_code or _old_code(work)
     old_times, new_times = [], []
     for _ in range(repeats):
         old_times.append(run([*CLI, "verify", str(run_dir), "--json"], pythonpath=old_code)[2])
@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--skip-vgg16", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--old-code", type=Path, help="the code before this change (default: the merge base with main)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-noise-floor-"))
     results: dict[str, Any] = {"classifiers": [], "faults": [], "vgg16": None}
@@ -322,7 +323,7 @@ def main() -> None:
                 )
             _save(args.json_out, results)
         if not args.skip_vgg16:
-            results["vgg16"] = figures = vgg16(work, args.repeats)
+            results["vgg16"] = figures = vgg16(work, args.repeats, args.old_code)
             print("\nvgg16: " + json.dumps(figures, indent=1), flush=True)
             _save(args.json_out, results)
     finally:

@@ -12,6 +12,7 @@ This runs on the PyTorch side (``pytorch_stage.localize_stage``): it needs the m
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,31 +90,49 @@ def localize_divergence(
     providers: Sequence[str] | None = None,
     float64: bool = True,
 ) -> Localization:
-    """Walk ``onnx_path``'s module tensors in graph order against ``module`` on ``batches``; see the module doc."""
-    from onnx_pipeline.compare.reference import float64_obstacle, module_calls
+    """Walk ``onnx_path``'s module tensors in graph order against ``module`` on ``batches``; see the module doc.
+
+    PyTorch runs once in float32 and once in float64, saving the mapped modules' outputs to a temporary
+    folder as they come; onnxruntime then fetches the ONNX tensors a few at a time, in graph order, and
+    stops a few layers after the first divergence.
+    """
+    from onnx_pipeline.compare.reference import float64_obstacle, module_calls, save_outputs
 
     start = time.perf_counter()
     probe = OnnxProbe(onnx_path, providers=providers)
     calls = module_calls(module, batches[0][:1] if len(batches[0]) > 1 and _dynamic(probe) else batches[0])
-    mapped = [m for m in module_tensors(probe.model.graph) if calls.get(m.module, (0, None, ""))[:1] == (1,)]
-    mapped = [m for m in mapped if calls[m.module][1] is not None]
+    once = {name for name, (count, shape, _) in calls.items() if count == 1 and shape is not None}
+    mapped = [m for m in module_tensors(probe.model.graph) if m.module in once]
     float64 = float64 and float64_obstacle(module) is None
     rule = "noise-floor" if float64 else "scale-aware"
-    samples = sum(len(b) for b in batches)
     layers: list[LayerFigures] = []
-    first: LayerFigures | None = None
-    chain: list[LayerFigures] = []
-    for names in chunks([m.tensor for m in mapped], probe, samples):
-        run = [m for m in mapped if m.tensor in names]
-        for figures in _compare_chunk(module, probe, run, calls, batches, tolerances, float64):
-            layers.append(figures)
-            if first is None and not figures.within:
-                first = figures
-            elif first is not None:
-                chain.append(figures)
-        if first is not None and len(chain) >= CHAIN:
-            break
-    before = [f for f in layers[: layers.index(first)] if f.within] if first is not None else layers
+    with tempfile.TemporaryDirectory(prefix="onnx-pipeline-localize-") as folder:
+        modules = [m.module for m in mapped]
+        torch32 = save_outputs(module, modules, batches, Path(folder), float64=False)
+        exact = save_outputs(module, modules, batches, Path(folder), float64=True) if float64 else {}
+        mapped = [m for m in mapped if m.module in torch32]
+        for names in chunks([m.tensor for m in mapped], probe, sum(len(b) for b in batches)):
+            layers += _compare_chunk(
+                probe, [m for m in mapped if m.tensor in names], calls, batches, torch32, exact, tolerances
+            )
+            first = next((f for f in layers if not f.within), None)
+            if first is not None and len(layers) - layers.index(first) > CHAIN:
+                break
+    return _localization(layers, mapped, rule, sample_set, sum(len(b) for b in batches), tolerances, start)
+
+
+def _localization(
+    layers: list[LayerFigures],
+    mapped: list[ModuleTensor],
+    rule: str,
+    sample_set: str,
+    samples: int,
+    tolerances: Tolerances,
+    start: float,
+) -> Localization:
+    first = next((f for f in layers if not f.within), None)
+    at = layers.index(first) if first is not None else len(layers)
+    before = [f for f in layers[:at] if f.within]
     return Localization(
         status="diverged" if first else "clean" if layers else "unmapped",
         summary=_summary(first, layers, mapped, rule, tolerances),
@@ -124,7 +143,7 @@ def localize_divergence(
         compared_layers=len(layers),
         first_divergence=first,
         last_within=before[-1] if before else None,
-        chain=chain[:CHAIN],
+        chain=layers[at + 1 : at + 1 + CHAIN],
         max_ratio=max((f.ratio for f in layers if f.ratio is not None), default=None),
         seconds=round(time.perf_counter() - start, 3),
     )
@@ -139,25 +158,24 @@ def _dynamic(probe: OnnxProbe) -> bool:
 
 
 def _compare_chunk(
-    module: Any,
     probe: OnnxProbe,
     run: list[ModuleTensor],
     calls: dict[str, tuple[int, tuple[int, ...] | None, str]],
     batches: Sequence[np.ndarray],
+    torch32: dict[str, list[Path]],
+    exact: dict[str, list[Path]],
     tolerances: Tolerances,
-    float64: bool,
 ) -> list[LayerFigures]:
-    from onnx_pipeline.compare.reference import capture_outputs
+    from onnx_pipeline.compare.reference import load_saved
 
     onnx = probe.run([m.tensor for m in run], batches)
-    torch32 = capture_outputs(module, [m.module for m in run], batches, float64=False)
-    exact = capture_outputs(module, [m.module for m in run], batches, float64=True) if float64 else {}
     figures = []
     for m in run:
-        ours, theirs = onnx[m.tensor], torch32.get(m.module)
-        if theirs is None or ours.shape != theirs.shape:
+        ours, theirs = onnx.pop(m.tensor), load_saved(torch32[m.module])
+        if ours.shape != theirs.shape:
             continue  # the tensor is not what the module returns (a reshaped or fused form)
-        figures.append(_layer_figures(m, calls[m.module][2], ours, theirs, exact.get(m.module), tolerances))
+        reference = load_saved(exact[m.module]) if m.module in exact else None
+        figures.append(_layer_figures(m, calls[m.module][2], ours, theirs, reference, tolerances))
     return figures
 
 

@@ -17,8 +17,8 @@ import numpy as np
 from onnx_pipeline.errors import PipelineError, VerificationError
 from onnx_pipeline.onnxfile import load_onnx, weightless_copy
 
-#: default budget for one probe call: the probed tensors of every sample, in float64 (for comparison)
-PROBE_BYTES = 384 << 20
+#: default budget for one probe call: the probed tensors of every sample, as onnxruntime returns them
+PROBE_BYTES = 64 << 20
 
 
 class OnnxProbe:
@@ -34,14 +34,17 @@ class OnnxProbe:
     ) -> None:
         import onnx
 
-        self.model = load_onnx(Path(model)) if isinstance(model, str | Path) else model
-        self.name = Path(model).name if isinstance(model, str | Path) else (self.model.graph.name or "model")
-        initializers = {i.name for i in self.model.graph.initializer}
-        inputs = [i.name for i in self.model.graph.input if i.name not in initializers]
+        loaded = load_onnx(Path(model)) if isinstance(model, str | Path) else model
+        self.name = Path(model).name if isinstance(model, str | Path) else (loaded.graph.name or "model")
+        initializers = {i.name for i in loaded.graph.initializer}
+        inputs = [i.name for i in loaded.graph.input if i.name not in initializers]
         if len(inputs) != 1:
             raise error(f"{self.name} has {len(inputs)} inputs: per-layer comparison handles single-input models")
         self.input_name = inputs[0]
-        self._skeleton, self._names, self._arrays = weightless_copy(self.model)
+        self._skeleton, self._names, self._arrays = weightless_copy(loaded)
+        #: the graph (large weights as placeholders): the loaded model's copy of the weights is let go
+        self.model = self._skeleton
+        del loaded
         try:  # shapes only size the probe calls: a model shape inference cannot follow still runs
             self._per_sample = _per_sample_elements(onnx.shape_inference.infer_shapes(self._skeleton).graph)
         except Exception:
@@ -56,15 +59,18 @@ class OnnxProbe:
 
     def run(self, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """``tensors`` on every batch, concatenated on the batch axis."""
+        import onnx
+
         from onnx_pipeline.runtime.session import SessionSettings, create_session
 
-        graph = self._skeleton.graph
-        del graph.output[:]
+        probed = onnx.ModelProto()
+        probed.CopyFrom(self._skeleton)  # the graph only: the weights are placeholders
+        del probed.graph.output[:]
         for name in tensors:
-            graph.output.add().name = name  # onnxruntime infers the type
+            probed.graph.output.add().name = name  # onnxruntime infers the type
         settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
         session = create_session(
-            self._skeleton.SerializeToString(),
+            probed.SerializeToString(),
             providers=self._providers,
             settings=settings,
             qdq_as_float=self._qdq_as_float,
@@ -91,11 +97,11 @@ def _per_sample_elements(graph: Any) -> dict[str, int]:
 def chunks(
     names: Sequence[str], probe: OnnxProbe, samples: int, budget: int = PROBE_BYTES, most: int = 16
 ) -> Iterator[list[str]]:
-    """``names`` in runs whose float64 copies for ``samples`` samples fit ``budget`` (at least one each)."""
+    """``names`` in runs whose float32 values for ``samples`` samples fit ``budget`` (at least one each)."""
     run: list[str] = []
     used = 0
     for name in names:
-        size = 8 * samples * (probe.per_sample_elements(name) or 1 << 16)
+        size = 4 * samples * (probe.per_sample_elements(name) or 1 << 16)
         if run and (used + size > budget or len(run) >= most):
             yield run
             run, used = [], 0

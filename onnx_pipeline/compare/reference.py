@@ -1,4 +1,4 @@
-"""The PyTorch runs the comparisons need: the model in float64, and chosen modules' outputs.
+"""The PyTorch runs the comparisons need: the model in float64, and chosen modules' outputs on disk.
 
 Runs on the PyTorch side (``pytorch_stage``), in the worker process when the pipeline isolates
 torch; torch is imported inside the functions. The float64 run converts the module in place and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,23 +94,28 @@ def module_calls(module: Any, batch: np.ndarray) -> dict[str, tuple[int, tuple[i
     return {name: (entry[0], entry[1], entry[2]) for name, entry in seen.items()}
 
 
-def capture_outputs(
-    module: Any, names: Sequence[str], batches: Sequence[np.ndarray], *, float64: bool
-) -> dict[str, np.ndarray]:
-    """The outputs of the submodules ``names`` on every batch (concatenated), float32 or float64.
+def save_outputs(
+    module: Any, names: Sequence[str], batches: Sequence[np.ndarray], folder: Path, *, float64: bool
+) -> dict[str, list[Path]]:
+    """Save the outputs of the submodules ``names`` on every batch to ``folder`` (``.npy``), one at a time.
 
-    Each output is copied when its module returns (an in-place op after it would change it), and
-    the forward pass stops once every wanted module has answered.
+    One forward pass per batch, in float32 or float64; each output is written when its module returns
+    (before an in-place op after it could change it), so memory holds one activation at a time
+    whatever the model's size. The pass stops once every wanted module has answered.
     """
     import torch
 
     wanted = set(names)
-    captured: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    index = {name: i for i, name in enumerate(names)}
+    saved: dict[str, list[Path]] = {name: [] for name in names}
     answered: set[str] = set()
+    tag = "f64" if float64 else "f32"
 
     def hook(name: str) -> Any:
         def record(_module: Any, _inputs: Any, output: Any) -> None:
-            captured[name].append(output.detach().numpy().copy())
+            path = folder / f"{tag}-{index[name]}-{len(saved[name])}.npy"
+            np.save(path, output.detach().numpy())
+            saved[name].append(path)
             answered.add(name)
             if answered >= wanted:
                 raise _Enough
@@ -128,4 +134,11 @@ def capture_outputs(
     finally:
         for handle in handles:
             handle.remove()
-    return {name: np.concatenate(values) for name, values in captured.items() if values}
+    return {name: paths for name, paths in saved.items() if len(paths) == len(batches)}
+
+
+def load_saved(paths: Sequence[Path]) -> np.ndarray:
+    """A saved output (``save_outputs``), its batches concatenated; memory-mapped when there is one."""
+    if len(paths) == 1:
+        return np.load(paths[0], mmap_mode="r")
+    return np.concatenate([np.load(p) for p in paths])

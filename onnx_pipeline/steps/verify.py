@@ -273,12 +273,11 @@ def _compare_outputs(
 
 
 def failure_message(result: ParityResult) -> str:
-    """The ``VerificationError`` message of a failed result: its verdict and first failures."""
-    failures = result.failures
-    detail = "; ".join(failures[:3]) + (" ..." if len(failures) > 3 else "")
-    return f"verification FAILED: {result.verdict}" + (
-        f" ({detail})" if detail and detail not in result.verdict else ""
-    )
+    """The ``VerificationError`` message of a failed result: its verdict, then the failures it does not name."""
+    verdict = result.verdict
+    rest = [f for f in result.failures if f not in verdict and f.split(": ", 1)[-1] not in verdict]
+    more = f" ({'; '.join(rest[:2])}{' ...' if len(rest) > 2 else ''})" if rest else ""
+    return f"verification FAILED: {verdict}{more}"
 
 
 def _verdict(result: ParityResult) -> str:
