@@ -80,7 +80,7 @@ def run(command: list[str], *, pythonpath: Path = ROOT) -> tuple[int, Any, float
         except json.JSONDecodeError:
             lines = err.read().decode().strip().splitlines()
             report = lines[-1] if lines else text[-300:]
-    return proc.returncode, report, seconds, usage.ru_maxrss / 1e6
+    return proc.returncode, report, seconds, usage.ru_maxrss * 1024 / 1e9
 
 
 def _output(report: Any) -> dict[str, Any]:

@@ -167,17 +167,6 @@ def _times(ratio: Any) -> str:
     return f"{ratio:,.0f}×" if ratio >= 100 else f"{ratio:.3g}×"
 
 
-def _criterion(verify: dict[str, Any]) -> str:
-    tolerances = verify["tolerances"]
-    if verify.get("rule") == "noise-floor":
-        return f"error vs float64 within {tolerances['noise_factor']:g}× PyTorch float32's own (max and mean)"
-    atol, rtol = tolerances["atol"], tolerances["rtol"]
-    rule = f"atol {1e-4 if atol is None else atol:g}×scale + rtol {1e-3 if rtol is None else rtol:g}×|ref|"
-    if verify.get("rule") == "fixed":
-        return f"fixed tolerances, {rule}"
-    return f"scale-aware {rule} (no float64 reference: {verify.get('float64_unavailable')})"
-
-
 def _print_localization(located: dict[str, Any] | None) -> None:
     if not located:
         return
@@ -215,7 +204,7 @@ def _print_report(report: dict[str, Any], as_json: bool, report_path: Path | Non
     if verify:
         out.print(_parity_table(verify))
         out.print(
-            f"criterion: {_criterion(verify)}; min cosine {verify['tolerances']['min_cosine']}; samples: "
+            f"criterion: {verify['criterion']}; min cosine {verify['tolerances']['min_cosine']}; samples: "
             + ", ".join(s["name"] for s in verify["samples"])
             + f"; provider: {', '.join(verify['providers'][:1])}",
             soft_wrap=True,

@@ -68,7 +68,7 @@ class ParityResult:
     #: where the ONNX model first leaves PyTorch's noise floor (on failure, or with --localize)
     localization: Localization | None = None
 
-    __json_extra__ = ("failures", "verdict")
+    __json_extra__ = ("failures", "verdict", "criterion")
 
     @property
     def failures(self) -> list[str]:
@@ -78,6 +78,11 @@ class ParityResult:
     def verdict(self) -> str:
         """One sentence: passed or failed, and why."""
         return _verdict(self)
+
+    @property
+    def criterion(self) -> str:
+        """The rule that judged the outputs, in words."""
+        return _criterion(self)
 
 
 def make_verification_inputs(
@@ -281,7 +286,7 @@ def failure_message(result: ParityResult) -> str:
 
 
 def _verdict(result: ParityResult) -> str:
-    rule = _rule_phrase(result)
+    rule = _criterion(result)
     located = ""
     first = result.localization.first_divergence if result.localization is not None else None
     if first is not None:
@@ -310,10 +315,16 @@ def _verdict(result: ParityResult) -> str:
     return f"failed: output {first_output.name}: {first_output.failures[0]} ({rule})" + located
 
 
-def _rule_phrase(result: ParityResult) -> str:
+def _criterion(result: ParityResult) -> str:
+    atol, rtol = result.tolerances.scale_aware()
     if result.rule == FIXED:
-        atol, rtol = result.tolerances.scale_aware()
-        return f"fixed tolerances (atol {atol:g}×scale + rtol {rtol:g}×|ref|)"
+        return f"fixed tolerances: atol {atol:g}×scale + rtol {rtol:g}×|ref|"
     if result.rule == SCALE_AWARE:
-        return f"scale-aware rule, no float64 reference: {result.float64_unavailable}"
-    return f"noise floor ({result.tolerances.noise_factor:g}× PyTorch's own float32 rounding)"
+        return (
+            f"scale-aware rule (atol {atol:g}×scale + rtol {rtol:g}×|ref|), no float64 reference: "
+            f"{result.float64_unavailable}"
+        )
+    return (
+        f"noise floor: error against float64 within {result.tolerances.noise_factor:g}× PyTorch float32's own "
+        "(max and mean)"
+    )

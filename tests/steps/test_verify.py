@@ -168,7 +168,9 @@ def export_onnx_plain(module: object, path: Path, shape: tuple[int, ...]) -> Pat
     import torch
 
     batch = ({0: torch.export.Dim("batch", min=1, max=64)},)
-    program = torch.onnx.export(module, (torch.randn(*shape),), dynamo=True, input_names=["input"], dynamic_shapes=batch)
+    program = torch.onnx.export(
+        module, (torch.randn(*shape),), dynamo=True, input_names=["input"], dynamic_shapes=batch
+    )
     assert program is not None
     program.save(str(path))
     return path
