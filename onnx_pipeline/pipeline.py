@@ -427,7 +427,7 @@ def _localize(
     isolate: bool,
 ) -> Localization:
     """Localise on the sample set where the (failing) outputs differ most; a failure to localise is reported."""
-    from onnx_pipeline.compare.localize import Localization
+    from onnx_pipeline.compare.localize import unavailable
 
     outputs = [o for o in result.outputs if not o.passed] or result.outputs
     worst: dict[str, float] = {}
@@ -442,11 +442,7 @@ def _localize(
     try:
         return call_torch(isolate, localize_stage, model_config, onnx_path, chosen, config)  # type: ignore[no-any-return]
     except PipelineError as exc:
-        return Localization(
-            status="unavailable", summary=f"localisation failed: {exc.message}", rule=result.rule,
-            sample_set=chosen.name, samples=len(chosen.data), mapped_layers=0, compared_layers=0,
-            first_divergence=None, last_within=None,
-        )  # fmt: skip
+        return unavailable(f"localisation failed: {exc.message}", chosen.name, len(chosen.data), result.rule)
 
 
 def _is_bundle(folder: Path) -> bool:

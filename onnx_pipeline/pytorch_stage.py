@@ -11,6 +11,7 @@ by the CLI), and the kernel sends it SIGTERM when the parent dies without a chan
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -21,11 +22,13 @@ from typing import Any
 from onnx_pipeline.compare.localize import Localization
 from onnx_pipeline.compare.reference import compute_reference_float64
 from onnx_pipeline.config import ModelConfig, PipelineConfig, VerifyConfig
-from onnx_pipeline.errors import InputError, PipelineError, StepError
+from onnx_pipeline.errors import InputError, PipelineError, StepError, first_line
 from onnx_pipeline.imagespec import PreprocessSpec
 from onnx_pipeline.sources import load_model, resolve_spec
 from onnx_pipeline.steps.export import ExportResult, export_model
 from onnx_pipeline.steps.verify import SampleSet, compute_reference, make_verification_inputs
+
+logger = logging.getLogger(__name__)
 
 #: above this, weights go to external data while the pipeline works (memory), see pipeline._export_into
 WORK_EXTERNAL_BYTES = 64 << 20
@@ -146,12 +149,20 @@ def reference_stage(
 
 def localize_stage(model_config: ModelConfig, onnx_path: Path, sample: SampleSet, verify: VerifyConfig) -> Localization:
     """Rebuild the PyTorch model and find where ``onnx_path`` first leaves its noise floor on ``sample``."""
-    from onnx_pipeline.compare.localize import localize_divergence
+    from onnx_pipeline.compare.localize import localize_divergence, unavailable
 
     loaded = load_model(model_config)
-    return localize_divergence(
-        loaded.module, onnx_path, sample.name, [sample.data], verify.tolerances, providers=verify.providers
-    )
+    try:
+        return localize_divergence(
+            loaded.module, onnx_path, sample.name, [sample.data], verify.tolerances, providers=verify.providers
+        )
+    except PipelineError:
+        raise
+    except Exception as exc:  # hooks a scripted module refuses, an op onnxruntime cannot fetch: the verdict stands
+        logger.debug("localisation failed", exc_info=True)
+        return unavailable(
+            f"localisation failed: {type(exc).__name__}: {first_line(exc)}", sample.name, len(sample.data)
+        )
 
 
 # --------------------------------------------------------------------------- the worker process

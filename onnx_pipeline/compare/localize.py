@@ -62,7 +62,8 @@ class LayerFigures:
 class Localization:
     """Where the ONNX model first leaves the floor, and how the layers after it fare."""
 
-    #: "diverged" (a first divergence was found), "clean" (every compared layer within), "unmapped"
+    #: "diverged" (a first divergence was found), "clean" (every compared layer within), "unmapped",
+    #: "unavailable" (it could not run: ``summary`` says why)
     status: str
     #: one sentence
     summary: str
@@ -78,6 +79,21 @@ class Localization:
     #: the largest noise-floor ratio of the layers compared (None without a float64 run)
     max_ratio: float | None = None
     seconds: float = 0.0
+
+
+def unavailable(reason: str, sample_set: str, samples: int, rule: str = "noise-floor") -> Localization:
+    """A localisation that could not run, and why (the verification verdict stands without it)."""
+    return Localization(
+        status="unavailable",
+        summary=reason,
+        rule=rule,
+        sample_set=sample_set,
+        samples=samples,
+        mapped_layers=0,
+        compared_layers=0,
+        first_divergence=None,
+        last_within=None,
+    )
 
 
 def localize_divergence(

@@ -219,3 +219,24 @@ def test_localisation_runs_on_the_pytorch_side_and_this_process_never_imports_to
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]
+
+
+def test_a_torchscript_export_is_localised_by_its_scope_names(tmp_path: Path) -> None:
+    import torch
+
+    from onnx_pipeline.sources import load_model
+
+    path = tmp_path / "ts.onnx"
+    torch.onnx.export(
+        load_model(TINY).module,
+        (torch.randn(2, 3, 64, 64),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+    )
+    bias = next(i.name for i in onnx.load(str(path)).graph.initializer if i.name.startswith("2."))
+    bad = _edit_initializer(path, tmp_path / "bad.onnx", bias, lambda a: a.__setitem__(0, a[0] + 1e-3))
+    verify = _failed(bad)
+    assert verify["localization"]["first_divergence"]["onnx_node"].startswith("/2/")
+    _assert_localised(verify, "2")
