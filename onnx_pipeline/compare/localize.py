@@ -115,10 +115,10 @@ def localize_divergence(
     from onnx_pipeline.compare.reference import float64_obstacle, module_calls, save_outputs
 
     start = time.perf_counter()
-    probe = OnnxProbe(onnx_path, providers=providers)
-    calls = module_calls(module, batches[0][:1] if len(batches[0]) > 1 and _dynamic(probe) else batches[0])
+    graph = _graph(onnx_path)  # the weights are let go: PyTorch's float64 pass needs the room
+    calls = module_calls(module, batches[0][:1] if len(batches[0]) > 1 and _dynamic(graph) else batches[0])
     once = {name for name, (count, shape, _) in calls.items() if count == 1 and shape is not None}
-    mapped = [m for m in module_tensors(probe.model.graph) if m.module in once]
+    mapped = [m for m in module_tensors(graph) if m.module in once]
     float64 = float64 and float64_obstacle(module) is None
     rule = "noise-floor" if float64 else "scale-aware"
     layers: list[LayerFigures] = []
@@ -127,6 +127,7 @@ def localize_divergence(
         torch32 = save_outputs(module, modules, batches, Path(folder), float64=False)
         exact = save_outputs(module, modules, batches, Path(folder), float64=True) if float64 else {}
         mapped = [m for m in mapped if m.module in torch32]
+        probe = OnnxProbe(onnx_path, providers=providers)
         for names in chunks([m.tensor for m in mapped], probe, sum(len(b) for b in batches)):
             layers += _compare_chunk(
                 probe, [m for m in mapped if m.tensor in names], calls, batches, torch32, exact, tolerances
@@ -165,9 +166,18 @@ def _localization(
     )
 
 
-def _dynamic(probe: OnnxProbe) -> bool:
-    for value in probe.model.graph.input:
-        if value.name == probe.input_name:
+def _graph(path: Path) -> Any:
+    """The graph of ``path`` without its initializers."""
+    from onnx_pipeline.onnxfile import load_onnx, model_skeleton
+
+    return model_skeleton(load_onnx(path)).graph
+
+
+def _dynamic(graph: Any) -> bool:
+    """The (first) graph input has a free batch axis."""
+    initializers = {i.name for i in graph.initializer}
+    for value in graph.input:
+        if value.name not in initializers:
             dims = value.type.tensor_type.shape.dim
             return bool(dims) and not dims[0].HasField("dim_value")
     return False

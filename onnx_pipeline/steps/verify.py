@@ -309,10 +309,10 @@ def _verdict(result: ParityResult) -> str:
     noise = first_output.noise
     if result.rule == NOISE_FLOOR and noise is not None and not noise.within and not first_output.degenerate:
         return (
-            f"failed: output {first_output.name} differs {format_ratio(noise.ratio)} more than PyTorch's own float32 "
+            f"failed: output '{first_output.name}' differs {format_ratio(noise.ratio)} more than PyTorch's own float32 "
             f"rounding (allowed {noise.factor:g}×)" + located
         )
-    return f"failed: output {first_output.name}: {first_output.failures[0]} ({rule})" + located
+    return f"failed: output '{first_output.name}': {first_output.failures[0]} ({rule})" + located
 
 
 def _criterion(result: ParityResult) -> str:
