@@ -97,7 +97,7 @@ def _verify(report: Any) -> dict[str, Any]:
 def classifier(model: str, work: Path, localize: bool) -> dict[str, Any]:
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)
-    code, report, seconds, _ = run([*CLI, "export", "-m", model, "-w", "random", "-o", str(out), "--json", "--force"])
+    code, report, seconds, rss = run([*CLI, "export", "-m", model, "-w", "random", "-o", str(out), "--json", "--force"])
     first = _output(report)
     noise = first.get("noise") or {}
     row = {
@@ -117,6 +117,9 @@ def classifier(model: str, work: Path, localize: bool) -> dict[str, Any]:
         "ratio_mean": noise.get("ratio_mean"),
         "old_rule_passes": first.get("smallest_passing_atol", 1.0) <= 1e-4 if first else None,
         "export_seconds": round(seconds, 1),
+        "export_peak_rss_gb": round(rss, 2),
+        "reference_s": report.get("timings", {}).get("reference") if isinstance(report, dict) else None,
+        "reference_float64_s": report.get("timings", {}).get("reference_float64") if isinstance(report, dict) else None,
     }
     if localize and code == 0:
         code, located, seconds, rss = run([*CLI, "verify", str(out), "--localize", "--json"])
