@@ -127,12 +127,15 @@ def verify(
     isolate: bool = False,
     rescale_random: bool = True,
     trust_source: bool = False,
+    localize: bool = False,
     progress: Progress = _quiet,
 ) -> RunReport:
     """Verify a bundle, a run folder, or an ONNX file against ``model`` (``onnx-pipeline verify``).
 
     A run folder's own model is rebuilt only if that runs no code from the folder, unless
-    ``trust_source``; otherwise name the model with ``model``/``weights``.
+    ``trust_source``; otherwise name the model with ``model``/``weights``. ``atol``/``rtol`` make fixed
+    tolerances the criterion instead of the measured noise floor. ``localize``: name the first layer
+    that leaves the noise floor even when parity passes (it is always done when parity fails).
     """
     from onnx_pipeline.errors import InputError
     from onnx_pipeline.pipeline import VerifyRequest, run_verify
@@ -141,7 +144,11 @@ def verify(
     tolerances = Tolerances(
         **{k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine}.items() if v is not None}
     )
-    options: dict[str, Any] = {"tolerances": tolerances, "images": Path(images) if images else None}
+    options: dict[str, Any] = {
+        "tolerances": tolerances,
+        "images": Path(images) if images else None,
+        "localize": localize,
+    }
     if batch_size is not None:
         options["batch_size"] = batch_size
     if seed is not None:

@@ -168,6 +168,8 @@ def _parity_table(verify: dict[str, Any]) -> Table:
         "top-1",
         "top-5",
         "min atol",
+        "floor",
+        "ratio",
         "result",
     ):
         table.add_column(column, justify="right" if column not in ("output", "result") else "left")
@@ -182,9 +184,30 @@ def _parity_table(verify: dict[str, Any]) -> Table:
             _fmt(o["top1_agreement"]),
             _fmt(o["top5_agreement"]),
             _fmt(o["smallest_passing_atol"]),
+            _fmt(o["noise"]["floor_max"]) if o.get("noise") else "–",
+            _times(o["noise"]["ratio"]) if o.get("noise") else "–",
             "[green]pass[/]" if o["passed"] else "[red]FAIL[/]",
         )
     return table
+
+
+def _times(ratio: Any) -> str:
+    if not isinstance(ratio, float | int):
+        return f"{ratio}×"  # "inf" in JSON
+    return f"{ratio:,.0f}×" if ratio >= 100 else f"{ratio:.3g}×"
+
+
+def _print_localization(located: dict[str, Any] | None) -> None:
+    if not located:
+        return
+    out.print(
+        f"localisation ({located['compared_layers']} layers compared on {located['sample_set']}): "
+        + _escape(located["summary"]),
+        soft_wrap=True,
+    )
+    chain = [f"{c['onnx_node']} ({c['module']}) {_times(c['ratio'])}" for c in located.get("chain", []) if c["ratio"]]
+    if chain:
+        out.print("  then: " + _escape(", ".join(chain)), soft_wrap=True)
 
 
 def _print_report(report: dict[str, Any], as_json: bool, report_path: Path | None) -> None:
@@ -211,13 +234,15 @@ def _print_report(report: dict[str, Any], as_json: bool, report_path: Path | Non
     if verify:
         out.print(_parity_table(verify))
         out.print(
-            f"tolerances: atol {verify['tolerances']['atol']:g}×scale + rtol {verify['tolerances']['rtol']:g}×|ref|, "
-            f"min cosine {verify['tolerances']['min_cosine']}; samples: "
+            f"criterion: {verify['criterion']}; min cosine {verify['tolerances']['min_cosine']}; samples: "
             + ", ".join(s["name"] for s in verify["samples"])
-            + f"; provider: {', '.join(verify['providers'][:1])}"
+            + f"; provider: {', '.join(verify['providers'][:1])}",
+            soft_wrap=True,
         )
         for failure in verify.get("failures", []):
             out.print(f"[red]failure:[/] {_escape(failure)}", soft_wrap=True)
+        _print_localization(verify.get("localization"))
+        out.print(f"verdict: {_escape(verify.get('verdict', ''))}", soft_wrap=True)
     for name, bundle in steps.get("bundles", {}).items():
         out.print(f"bundle {_escape(name)}: {_escape(bundle.get('summary', ''))}", soft_wrap=True)
         for failure in bundle.get("failures", []):
@@ -286,8 +311,13 @@ ImagesOpt = Annotated[
     Path | None, typer.Option("--images", help="Folder of photographs to verify on (the model's preprocessing).")
 ]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="The larger verification batch (batch 1 runs too).")]
-AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance, in units of the output's range.")]
-RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (elementwise).")]
+AtolOpt = Annotated[
+    float | None,
+    typer.Option("--atol", help="Fixed absolute tolerance, in units of the output's range (replaces the noise floor)."),
+]
+RtolOpt = Annotated[
+    float | None, typer.Option("--rtol", help="Fixed relative tolerance, elementwise (replaces the noise floor).")
+]
 CosOpt = Annotated[float | None, typer.Option("--min-cosine", help="Smallest cosine similarity per sample.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout, nothing else.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Also write the JSON report to this file.")]
@@ -424,6 +454,9 @@ def verify(
     isolate: IsolateOpt = True,
     rescale_random: RescaleOpt = True,
     trust_source: TrustOpt = False,
+    localize: Annotated[
+        bool, typer.Option("--localize", help="Name the first layer leaving the noise floor even when parity passes.")
+    ] = False,
     as_json: JsonOpt = False,
     show_progress: ProgressOpt = False,
     report: ReportOpt = None,
@@ -459,6 +492,7 @@ def verify(
                 isolate=isolate,
                 rescale_random=rescale_random,
                 trust_source=trust_source,
+                localize=localize,
                 progress=progress,
             ),
             as_json=as_json,

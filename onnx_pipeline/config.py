@@ -59,31 +59,58 @@ class SimplifyConfig:
     backend: SimplifierBackend = "onnxsim"
 
 
+#: the scale-aware rule's defaults: the fallback when no float64 reference can be computed
+SCALE_AWARE_ATOL = 1e-4
+SCALE_AWARE_RTOL = 1e-3
+#: the noise-floor rule's default factor, chosen from measurements (benchmarks/noise_floor.py, README)
+NOISE_FACTOR = 10.0
+
+
 @dataclass(frozen=True)
 class Tolerances:
-    """Parity tolerances, scale-aware.
+    """Parity criteria.
 
-    An element passes when ``|onnx - torch| <= atol * scale + rtol * |torch|``, where ``scale``
-    is the output's dynamic range (max ``|torch|`` over every verified sample). ``atol`` is
-    therefore relative to the output's magnitude: a 1e8-scale output is not failed on absolute
-    error alone, and a 1e-7-scale output cannot pass on it alone. On top of that an output must
-    reach ``min_cosine`` (cosine similarity per sample, the worst one counts) and, for
-    classifiers, agree on the top-1 class wherever the reference's top-1 margin exceeds the
-    allowed error.
+    By default the *measured noise floor* decides (see ``compare.floor``): the ONNX model's error
+    against a float64 PyTorch reference must stay within ``noise_factor`` times PyTorch's own float32
+    error against it, per output, for the max and the mean. Where no float64 reference can be computed,
+    the scale-aware rule decides with ``SCALE_AWARE_ATOL``/``SCALE_AWARE_RTOL``; giving ``atol`` or
+    ``rtol`` makes that rule (with the other one at its default) the criterion: fixed tolerances.
+
+    Scale-aware: an element passes when ``|onnx - torch| <= atol * scale + rtol * |torch|``, where
+    ``scale`` is the output's dynamic range (max ``|torch|`` over every verified sample), so a
+    1e8-scale output is not failed on absolute error alone, and a 1e-7-scale output cannot pass on
+    it alone. Under every rule an output must also reach ``min_cosine`` (cosine similarity per
+    sample, the worst one counts) and, for classifiers, agree on the top-1 class wherever the
+    reference's top-1 margin exceeds the allowed error.
     """
 
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol: float | None = None
+    rtol: float | None = None
+    noise_factor: float = NOISE_FACTOR
     min_cosine: float = 0.9999
     #: reference outputs whose dynamic range is below this are degenerate (near zero)
     degenerate_below: float = 1e-6
 
     def __post_init__(self) -> None:
         for name in ("atol", "rtol", "degenerate_below"):
-            if getattr(self, name) < 0:
-                raise InputError(f"tolerance {name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InputError(f"tolerance {name} must be >= 0, got {value}")
+        if not self.noise_factor >= 1.0:
+            raise InputError(f"noise_factor must be at least 1 (PyTorch's own error), got {self.noise_factor}")
         if not -1.0 <= self.min_cosine <= 1.0:
             raise InputError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
+
+    @property
+    def fixed(self) -> bool:
+        """The user gave ``atol`` or ``rtol``: fixed tolerances decide, not the noise floor."""
+        return self.atol is not None or self.rtol is not None
+
+    def scale_aware(self) -> tuple[float, float]:
+        """(atol, rtol) of the scale-aware rule: the given ones, else the defaults."""
+        atol = SCALE_AWARE_ATOL if self.atol is None else self.atol
+        rtol = SCALE_AWARE_RTOL if self.rtol is None else self.rtol
+        return atol, rtol
 
 
 @dataclass(frozen=True)
@@ -99,6 +126,10 @@ class VerifyConfig:
     max_images: int = 16
     seed: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    #: localise the first divergence even when parity passes (it always runs when parity fails)
+    localize: bool = False
+    #: localise automatically when parity fails (the PyTorch model is rebuilt once more)
+    localize_on_failure: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnx_pipeline.artifacts import builders_for
 from onnx_pipeline.config import BundleConfig, ModelConfig, PipelineConfig, VerifyConfig
-from onnx_pipeline.errors import BundleError, InputError, IntegrityError, VerificationError
+from onnx_pipeline.errors import BundleError, InputError, IntegrityError, PipelineError, VerificationError
 from onnx_pipeline.files import atomic_output_dir, to_jsonable
 from onnx_pipeline.manifest import (
     BUNDLE_SCHEMAS,
@@ -29,15 +29,18 @@ from onnx_pipeline.manifest import (
     read_manifest,
 )
 from onnx_pipeline.onnxfile import PROTOBUF_LIMIT, describe_model, external_data_files, inline_external_data, load_onnx
-from onnx_pipeline.pytorch_stage import TorchStage, call_torch, reference_stage, torch_stage
+from onnx_pipeline.pytorch_stage import References, TorchStage, call_torch, localize_stage, reference_stage, torch_stage
 from onnx_pipeline.report import RunReport, reported, tool_versions
 from onnx_pipeline.sources import model_config_from_source
 from onnx_pipeline.steps.bundle import BundleResult, SharedInputs, build_bundle
 from onnx_pipeline.steps.check import check_model
 from onnx_pipeline.steps.simplify import SimplifyResult, simplify_model
-from onnx_pipeline.steps.verify import verify_parity
+from onnx_pipeline.steps.verify import ParityResult, SampleSet, failure_message, verify_parity
 from onnx_pipeline.steps.verify_bundle import verify_bundle
 from onnx_pipeline.targets import HardwareTarget, load_target
+
+if TYPE_CHECKING:
+    from onnx_pipeline.compare.localize import Localization
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +189,14 @@ def _verify_and_finalize(
         if locations and not keep_external:
             inline = pool.submit(inline_external_data, model_path, model_path.with_name(MODEL_FILE + ".inline"))
         if stage.samples is not None and stage.references is not None:
-            samples, references = stage.samples, stage.references
-            classification = stage.task == "classification"
+            model_config = dataclasses.replace(config.model, input_shape=tuple(stage.input_shape))
             verification = _timed(
                 report,
                 "verify",
                 progress,
-                lambda: verify_parity(model_path, samples, references, config.verify, classification=classification),
+                lambda: verify_and_localize(
+                    model_path, model_config, stage, config.verify, stage.task, isolate=config.isolate_torch
+                ),
             )
         progress("finalize")
         start = time.perf_counter()
@@ -360,15 +364,90 @@ def _verify_parity(
     report.steps["load"] = {"source": references.source, "input_shape": list(references.input_shape)}
     report.timings.update(references.timings)
     report.findings += references.findings
-    classification = (task or references.task) == "classification"
     _timed(
         report,
         "verify",
         progress,
-        lambda: verify_parity(
-            onnx_path, references.samples, references.references, request.verify, classification=classification
+        lambda: verify_and_localize(
+            onnx_path, model_config, references, request.verify, task or references.task, isolate=request.isolate_torch
         ),
     )
+
+
+#: samples the localisation runs on (from the sample set where the outputs differ most)
+LOCALIZE_SAMPLES = 2
+
+
+def verify_and_localize(
+    onnx_path: Path,
+    model_config: ModelConfig,
+    references: TorchStage | References,
+    config: VerifyConfig,
+    task: str,
+    *,
+    isolate: bool,
+) -> ParityResult:
+    """``verify_parity``, then the first divergence when it fails (or with ``config.localize``).
+
+    The localisation needs the PyTorch model: it runs on the PyTorch side (``localize_stage``, in the
+    worker process when ``isolate``), which rebuilds the model; this process never imports torch.
+    """
+    assert references.samples is not None and references.references is not None
+    samples = references.samples
+    try:
+        result = verify_parity(
+            onnx_path,
+            samples,
+            references.references,
+            config,
+            classification=task == "classification",
+            exact=references.exact,
+            float64_unavailable=references.float64_unavailable,
+        )
+    except VerificationError as exc:
+        failed = exc.result
+        if (
+            not isinstance(failed, ParityResult)
+            or not failed.outputs
+            or not (config.localize or config.localize_on_failure)
+        ):
+            raise
+        located = dataclasses.replace(
+            failed, localization=_localize(onnx_path, model_config, failed, samples, config, isolate)
+        )
+        raise VerificationError(failure_message(located), result=located) from None
+    if config.localize:
+        result = dataclasses.replace(
+            result, localization=_localize(onnx_path, model_config, result, samples, config, isolate)
+        )
+    return result
+
+
+def _localize(
+    onnx_path: Path,
+    model_config: ModelConfig,
+    result: ParityResult,
+    samples: list[SampleSet],
+    config: VerifyConfig,
+    isolate: bool,
+) -> Localization:
+    """Localise on the sample set where the (failing) outputs differ most; a failure to localise is reported."""
+    from onnx_pipeline.compare.localize import unavailable
+
+    outputs = [o for o in result.outputs if not o.passed] or result.outputs
+    worst: dict[str, float] = {}
+    for output in outputs:
+        figures = output.per_sample_set_ratio or output.per_sample_set_max_abs
+        for name, value in figures.items():
+            worst[name] = max(worst.get(name, 0.0), value)
+    chosen = next(s for s in samples if s.name == max(worst, key=lambda n: worst[n])) if worst else samples[0]
+    dynamic = len({s.data.shape[0] for s in samples}) > 1
+    if dynamic and len(chosen.data) > LOCALIZE_SAMPLES:
+        chosen = SampleSet(chosen.name, chosen.data[:LOCALIZE_SAMPLES], chosen.origin)
+    try:
+        return call_torch(isolate, localize_stage, model_config, onnx_path, chosen, config)  # type: ignore[no-any-return]
+    except PipelineError as exc:
+        return unavailable(f"localisation failed: {exc.message}", chosen.name, len(chosen.data), result.rule)
 
 
 def _is_bundle(folder: Path) -> bool:

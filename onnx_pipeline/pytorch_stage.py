@@ -11,6 +11,7 @@ by the CLI), and the kernel sends it SIGTERM when the parent dies without a chan
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -18,12 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnx_pipeline.compare.localize import Localization
+from onnx_pipeline.compare.reference import compute_reference_float64
 from onnx_pipeline.config import ModelConfig, PipelineConfig, VerifyConfig
-from onnx_pipeline.errors import InputError, PipelineError, StepError
+from onnx_pipeline.errors import InputError, PipelineError, StepError, first_line
 from onnx_pipeline.imagespec import PreprocessSpec
 from onnx_pipeline.sources import load_model, resolve_spec
 from onnx_pipeline.steps.export import ExportResult, export_model
 from onnx_pipeline.steps.verify import SampleSet, compute_reference, make_verification_inputs
+
+logger = logging.getLogger(__name__)
 
 #: above this, weights go to external data while the pipeline works (memory), see pipeline._export_into
 WORK_EXTERNAL_BYTES = 64 << 20
@@ -44,6 +49,9 @@ class TorchStage:
     references: list[list[Any]] | None
     timings: dict[str, float]
     findings: list[str]
+    #: the same outputs in float64 (the noise floor's reference), or None and why not
+    exact: list[list[Any]] | None = None
+    float64_unavailable: str | None = None
 
 
 def torch_stage(config: PipelineConfig, raw: Path) -> TorchStage:
@@ -57,7 +65,8 @@ def torch_stage(config: PipelineConfig, raw: Path) -> TorchStage:
     timings["load"] = round(time.perf_counter() - start, 3)
     if config.export.dynamic_batch and loaded.input_shape[0] != 1:
         raise InputError("with a dynamic batch the input shape's batch axis is free: give batch 1 or --static-batch")
-    samples = references = None
+    samples = references = exact = None
+    float64_unavailable = None
     if config.run_verify:
         start = time.perf_counter()
         samples = make_verification_inputs(
@@ -65,6 +74,9 @@ def torch_stage(config: PipelineConfig, raw: Path) -> TorchStage:
         )
         references = compute_reference(loaded.module, samples)
         timings["reference"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        exact, float64_unavailable = compute_reference_float64(loaded.module, samples)  # float32 again after
+        timings["reference_float64"] = round(time.perf_counter() - start, 3)
     # torch.export specialises a dimension of size 1, so a dynamic batch is exported at batch 2.
     batch = 2 if config.export.dynamic_batch else loaded.input_shape[0]
     example = torch.zeros((batch, *loaded.input_shape[1:]))
@@ -86,6 +98,8 @@ def torch_stage(config: PipelineConfig, raw: Path) -> TorchStage:
         references=references,
         timings=timings,
         findings=loaded.findings + exported.findings,
+        exact=exact,
+        float64_unavailable=float64_unavailable,
     )
 
 
@@ -100,6 +114,8 @@ class References:
     references: list[list[Any]]
     timings: dict[str, float]
     findings: list[str]
+    exact: list[list[Any]] | None = None
+    float64_unavailable: str | None = None
 
 
 def reference_stage(
@@ -112,15 +128,41 @@ def reference_stage(
     preprocessing = preprocessing or loaded.spec.preprocessing
     samples = make_verification_inputs(loaded.input_shape, preprocessing, verify, dynamic_batch=dynamic_batch)
     references = compute_reference(loaded.module, samples)
+    reference_s = time.perf_counter() - start - load_s
+    exact, float64_unavailable = compute_reference_float64(loaded.module, samples)
     return References(
         source=loaded.source,
         input_shape=loaded.input_shape,
         task=loaded.spec.task,
         samples=samples,
         references=references,
-        timings={"load": round(load_s, 3), "reference": round(time.perf_counter() - start - load_s, 3)},
+        timings={
+            "load": round(load_s, 3),
+            "reference": round(reference_s, 3),
+            "reference_float64": round(time.perf_counter() - start - load_s - reference_s, 3),
+        },
         findings=loaded.findings,
+        exact=exact,
+        float64_unavailable=float64_unavailable,
     )
+
+
+def localize_stage(model_config: ModelConfig, onnx_path: Path, sample: SampleSet, verify: VerifyConfig) -> Localization:
+    """Rebuild the PyTorch model and find where ``onnx_path`` first leaves its noise floor on ``sample``."""
+    from onnx_pipeline.compare.localize import localize_divergence, unavailable
+
+    loaded = load_model(model_config)
+    try:
+        return localize_divergence(
+            loaded.module, onnx_path, sample.name, [sample.data], verify.tolerances, providers=verify.providers
+        )
+    except PipelineError:
+        raise
+    except Exception as exc:  # hooks a scripted module refuses, an op onnxruntime cannot fetch: the verdict stands
+        logger.debug("localisation failed", exc_info=True)
+        return unavailable(
+            f"localisation failed: {type(exc).__name__}: {first_line(exc)}", sample.name, len(sample.data)
+        )
 
 
 # --------------------------------------------------------------------------- the worker process

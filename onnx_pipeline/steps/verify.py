@@ -6,6 +6,11 @@ normal samples, the same normal samples negated (so a branch on the sign of a st
 both sides), and photographs through the model's own preprocessing. Batch 1 and batch N both
 run, so a batch size baked into the graph cannot pass.
 
+The criterion (``Tolerances``): by default the measured noise floor (``compare.floor``): each
+output's error against a float64 PyTorch run must stay within a factor of PyTorch float32's own.
+Where no float64 run is possible the scale-aware rule decides, and says so; ``--atol``/``--rtol``
+make fixed tolerances the criterion.
+
 A check that cannot fail is a defect: reference outputs that are near zero, constant across
 inputs, or not finite make the comparison meaningless, and verify fails on them with the
 reason rather than passing vacuously.
@@ -15,14 +20,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onnx_pipeline.compare.floor import format_ratio
+from onnx_pipeline.compare.localize import Localization
+from onnx_pipeline.compare.outputs import FIXED, NOISE_FLOOR, SCALE_AWARE, OutputParity, compare_output
 from onnx_pipeline.config import Tolerances, VerifyConfig
-from onnx_pipeline.errors import InputError, VerificationError
+from onnx_pipeline.errors import InputError, VerificationError, first_line
 from onnx_pipeline.imagespec import PreprocessSpec
 from onnx_pipeline.runtime.preprocess import list_images, load_batch
 
@@ -42,35 +50,6 @@ class SampleSet:
 
 
 @dataclass(frozen=True)
-class OutputParity:
-    """Every figure for one output, over every verified sample."""
-
-    name: str
-    shape: list[int]
-    passed: bool
-    failures: list[str]
-    scale: float  # max |reference|: the output's dynamic range
-    max_abs_error: float
-    mean_abs_error: float
-    max_rel_error: float  # elementwise |diff| / |reference|, where |reference| > 0
-    min_cosine: float
-    top1_agreement: float | None
-    top5_agreement: float | None
-    top1_significant_mismatches: int | None
-    #: the smallest atol (in units of ``scale``) that passes with the configured rtol, and vice versa
-    smallest_passing_atol: float
-    smallest_passing_rtol: float
-    nonfinite_reference: int
-    nonfinite_onnx: int
-    nonfinite_mismatch: int
-    degenerate: str | None
-    per_sample_set_max_abs: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: _clean(v) for k, v in self.__dict__.items()}
-
-
-@dataclass(frozen=True)
 class ParityResult:
     """The verdict and the measurements behind it; a failure raises ``VerificationError`` with this."""
 
@@ -78,35 +57,32 @@ class ParityResult:
     model: str
     outputs: list[OutputParity]
     tolerances: Tolerances
+    #: the criterion: NOISE_FLOOR, SCALE_AWARE (no float64 reference) or FIXED (--atol/--rtol)
+    rule: str
+    #: why no float64 reference could be computed (None when it was)
+    float64_unavailable: str | None
     samples: list[dict[str, Any]]
     providers: list[str]
     errors: list[str]
     seconds: float
+    #: where the ONNX model first leaves PyTorch's noise floor (on failure, or with --localize)
+    localization: Localization | None = None
+
+    __json_extra__ = ("failures", "verdict", "criterion")
 
     @property
     def failures(self) -> list[str]:
         return self.errors + [f"{o.name}: {f}" for o in self.outputs for f in o.failures]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "model": self.model,
-            "tolerances": dict(self.tolerances.__dict__),
-            "providers": self.providers,
-            "samples": self.samples,
-            "outputs": [o.to_dict() for o in self.outputs],
-            "errors": self.errors,
-            "failures": self.failures,
-            "seconds": round(self.seconds, 3),
-        }
+    @property
+    def verdict(self) -> str:
+        """One sentence: passed or failed, and why."""
+        return _verdict(self)
 
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)  # JSON has no NaN/Infinity
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
+    @property
+    def criterion(self) -> str:
+        """The rule that judged the outputs, in words."""
+        return _criterion(self)
 
 
 def make_verification_inputs(
@@ -141,22 +117,29 @@ def make_verification_inputs(
         SampleSet(f"mirrored-b{large}", -normal, "mirrored"),
     ]
     if config.images is not None:
-        if preprocessing is None:
-            raise InputError("--images needs a model with image preprocessing (an image classifier)")
-        paths = list_images(config.images)[: config.max_images]
-        batch = load_batch(paths, preprocessing)
-        if batch.shape[1:] != sample_shape:
-            raise InputError(
-                f"images preprocess to {list(batch.shape[1:])} but the model takes {list(sample_shape)}: "
-                "check --input-shape"
-            )
-        if static_batch:
-            usable = len(batch) - len(batch) % static_batch
-            if usable == 0:
-                raise InputError(f"the model has a static batch of {static_batch}: give at least that many images")
-            batch = batch[:usable]
-        sets.append(SampleSet(f"images-b{len(batch)}", batch, "images"))
+        sets.append(_image_set(config, preprocessing, sample_shape, static_batch))
     return sets
+
+
+def _image_set(
+    config: VerifyConfig, preprocessing: PreprocessSpec | None, sample_shape: tuple[int, ...], static_batch: int | None
+) -> SampleSet:
+    if preprocessing is None:
+        raise InputError("--images needs a model with image preprocessing (an image classifier)")
+    assert config.images is not None
+    paths = list_images(config.images)[: config.max_images]
+    batch = load_batch(paths, preprocessing)
+    if batch.shape[1:] != sample_shape:
+        raise InputError(
+            f"images preprocess to {list(batch.shape[1:])} but the model takes {list(sample_shape)}: "
+            "check --input-shape"
+        )
+    if static_batch:
+        usable = len(batch) - len(batch) % static_batch
+        if usable == 0:
+            raise InputError(f"the model has a static batch of {static_batch}: give at least that many images")
+        batch = batch[:usable]
+    return SampleSet(f"images-b{len(batch)}", batch, "images")
 
 
 def compute_reference(module: Any, samples: list[SampleSet]) -> list[list[np.ndarray]]:
@@ -170,20 +153,20 @@ def compute_reference(module: Any, samples: list[SampleSet]) -> list[list[np.nda
             try:
                 out = module(torch.from_numpy(sample.data))
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
                 raise InputError(
-                    f"the PyTorch model rejects input of shape {list(sample.data.shape)}: {first}. "
+                    f"the PyTorch model rejects input of shape {list(sample.data.shape)}: {first_line(exc)}. "
                     "Give the right --input-shape"
                 ) from None
-            references.append([t.detach().float().numpy().copy() for t in _flatten(out)])
+            references.append([t.detach().float().numpy().copy() for t in flatten_outputs(out)])
     return references
 
 
-def _flatten(out: Any) -> list[Any]:
+def flatten_outputs(out: Any) -> list[Any]:
+    """A module's outputs (tensors, nested in tuples, lists or dicts) as a flat list, in order."""
     if isinstance(out, list | tuple):
-        return [t for item in out for t in _flatten(item)]
+        return [t for item in out for t in flatten_outputs(item)]
     if isinstance(out, dict):
-        return [t for item in out.values() for t in _flatten(item)]
+        return [t for item in out.values() for t in flatten_outputs(item)]
     return [out]
 
 
@@ -191,17 +174,9 @@ def run_onnx(
     path: Path, samples: list[SampleSet], providers: tuple[str, ...]
 ) -> tuple[list[list[np.ndarray] | None], list[str], list[str], list[str]]:
     """Run the ONNX model on every sample set: (outputs or None per set, errors, output names, providers)."""
-    import onnxruntime as ort
+    from onnx_pipeline.runtime.session import create_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    available = set(ort.get_available_providers())
-    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-    try:
-        session = ort.InferenceSession(str(path), options, providers=chosen)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0][:300]
-        raise VerificationError(f"onnxruntime cannot load {Path(path).name}: {first}") from None
+    session = create_session(path, providers=list(providers), error=VerificationError)
     input_meta = session.get_inputs()
     if len(input_meta) != 1:
         raise InputError(f"{Path(path).name} has {len(input_meta)} inputs: verify handles single-input models")
@@ -211,129 +186,13 @@ def run_onnx(
     for sample in samples:
         try:
             outputs.append([np.asarray(o) for o in session.run(None, {name: sample.data})])
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:300]
-            errors.append(f"onnxruntime failed on {sample.name} (shape {list(sample.data.shape)}): {first}")
+        except Exception as exc:  # onnxruntime raises its own exception types
+            errors.append(f"onnxruntime failed on {sample.name} (shape {list(sample.data.shape)}): {first_line(exc)}")
             outputs.append(None)
     return outputs, errors, [o.name for o in session.get_outputs()], list(session.get_providers())
 
 
-def compare_output(
-    name: str,
-    references: list[np.ndarray],
-    actuals: list[np.ndarray],
-    set_names: list[str],
-    tolerances: Tolerances,
-    *,
-    classification: bool,
-) -> OutputParity:
-    """All figures for one output across sample sets (concatenated on the batch axis)."""
-    ref = np.concatenate([r.reshape(r.shape[0], -1) if r.ndim else r.reshape(1, 1) for r in references]).astype(
-        np.float64
-    )
-    act = np.concatenate([a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1) for a in actuals]).astype(np.float64)
-    failures: list[str] = []
-    ref_finite, act_finite = np.isfinite(ref), np.isfinite(act)
-    nonfinite_ref = int((~ref_finite).sum())
-    nonfinite_act = int((~act_finite).sum())
-    mismatch = ref_finite != act_finite
-    both_nonfinite = ~ref_finite & ~act_finite
-    # NaN must meet NaN, +Inf must meet +Inf.
-    same_kind = np.where(np.isnan(ref), np.isnan(act), ref == act)
-    mismatch |= both_nonfinite & ~same_kind
-    nonfinite_mismatch = int(mismatch.sum())
-    both = ref_finite & act_finite
-    diff = np.where(both, np.abs(ref - act), 0.0)
-    absref = np.where(both, np.abs(ref), 0.0)
-    scale = float(absref.max()) if both.any() else 0.0
-    max_abs = float(diff.max()) if diff.size else 0.0
-    mean_abs = float(diff[both].mean()) if both.any() else 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(absref > 0, diff / absref, 0.0)
-    max_rel = float(rel.max()) if rel.size else 0.0
-    allowed = tolerances.atol * scale + tolerances.rtol * absref
-    within = bool((diff <= allowed).all())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        need_atol = float(np.max((diff - tolerances.rtol * absref) / scale)) if scale > 0 else float("inf")
-        excess = diff - tolerances.atol * scale
-        need_rtol_all = np.where(excess > 0, np.where(absref > 0, excess / absref, np.inf), 0.0)
-    need_atol = max(need_atol, 0.0) if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    need_rtol = float(need_rtol_all.max()) if need_rtol_all.size else 0.0
-    # Cosine per sample; the worst sample counts.
-    r0, a0 = np.where(both, ref, 0.0), np.where(both, act, 0.0)
-    norms = np.linalg.norm(r0, axis=1) * np.linalg.norm(a0, axis=1)
-    dots = (r0 * a0).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cosines = np.where(norms > 0, dots / norms, np.where(np.linalg.norm(r0 - a0, axis=1) == 0, 1.0, 0.0))
-    min_cos = float(cosines.min()) if cosines.size else 1.0
-    # Degenerate reference outputs: the comparison would mean nothing.
-    degenerate = None
-    if nonfinite_ref:
-        degenerate = (
-            f"reference outputs are not finite ({int(np.isnan(ref).sum())} NaN, {int(np.isinf(ref).sum())} Inf)"
-        )
-    elif scale < tolerances.degenerate_below:
-        degenerate = f"reference outputs are near zero (max |output| = {scale:.3g} < {tolerances.degenerate_below:g})"
-    elif ref.shape[0] >= 2 and float(np.max(np.std(ref, axis=0))) <= 1e-6 * scale:
-        degenerate = "reference outputs are constant across inputs: the output does not depend on the input"
-    if degenerate:
-        failures.append(
-            f"{degenerate}; the comparison would be vacuous. With --weights random, keep the default "
-            "rescaling; otherwise check the model and its weights"
-        )
-    if nonfinite_mismatch:
-        failures.append(
-            f"NaN/Inf positions differ in {nonfinite_mismatch} elements "
-            f"(reference has {nonfinite_ref} non-finite, onnx has {nonfinite_act})"
-        )
-    if not within:
-        failures.append(
-            f"max abs error {max_abs:.3g} exceeds atol {tolerances.atol:g}×scale {scale:.3g} "
-            f"+ rtol {tolerances.rtol:g}×|ref| (smallest passing atol {need_atol:.3g}, rtol {need_rtol:.3g})"
-        )
-    if min_cos < tolerances.min_cosine:
-        failures.append(f"cosine similarity {min_cos:.6f} below {tolerances.min_cosine}")
-    top1 = top5 = None
-    significant = None
-    if classification and ref.shape[1] >= 2 and not degenerate:
-        r_top = np.argsort(-np.where(both, ref, -np.inf), axis=1)
-        a_top = np.argsort(-np.where(both, act, -np.inf), axis=1)
-        top1 = float(np.mean(r_top[:, 0] == a_top[:, 0]))
-        k = min(5, ref.shape[1])
-        top5 = float(np.mean([len(set(r_top[i, :k]) & set(a_top[i, :k])) / k for i in range(ref.shape[0])]))
-        rows = np.arange(ref.shape[0])
-        margin = ref[rows, r_top[:, 0]] - ref[rows, a_top[:, 0]]  # >= 0
-        slack = 2 * (tolerances.atol * scale + tolerances.rtol * np.abs(ref[rows, r_top[:, 0]]))
-        significant = int(np.sum((r_top[:, 0] != a_top[:, 0]) & (margin > slack)))
-        if significant:
-            failures.append(f"top-1 class differs on {significant} sample(s) beyond the tolerance margin")
-    per_set: dict[str, float] = {}
-    start = 0
-    for set_name, r in zip(set_names, references, strict=True):
-        n = r.shape[0] if r.ndim else 1
-        per_set[set_name] = float(diff[start : start + n].max()) if n else 0.0
-        start += n
-    return OutputParity(
-        name=name,
-        shape=list(references[0].shape[1:]) if references[0].ndim else [],
-        passed=not failures,
-        failures=failures,
-        scale=scale,
-        max_abs_error=max_abs,
-        mean_abs_error=mean_abs,
-        max_rel_error=max_rel,
-        min_cosine=min_cos,
-        top1_agreement=top1,
-        top5_agreement=top5,
-        top1_significant_mismatches=significant,
-        smallest_passing_atol=need_atol,
-        smallest_passing_rtol=need_rtol,
-        nonfinite_reference=nonfinite_ref,
-        nonfinite_onnx=nonfinite_act,
-        nonfinite_mismatch=nonfinite_mismatch,
-        degenerate=degenerate,
-        per_sample_set_max_abs=per_set,
-    )
+# --------------------------------------------------------------------------- the whole model
 
 
 def verify_parity(
@@ -343,52 +202,129 @@ def verify_parity(
     config: VerifyConfig,
     *,
     classification: bool = True,
+    exact: list[list[np.ndarray]] | None = None,
+    float64_unavailable: str | None = None,
 ) -> ParityResult:
-    """Compare onnxruntime's outputs with the PyTorch references; raise ``VerificationError`` on failure."""
+    """Compare onnxruntime's outputs with the PyTorch references; raise ``VerificationError`` on failure.
+
+    ``exact``: the float64 PyTorch outputs per sample set (``compare.reference``); without them the
+    scale-aware rule decides and ``float64_unavailable`` says why.
+    """
     start = time.perf_counter()
     outputs, errors, names, providers = run_onnx(onnx_path, samples, config.providers)
     if config.providers and providers and providers[0] != config.providers[0]:
         errors.append(f"requested provider {config.providers[0]} did not run (onnxruntime used {providers[0]})")
-    results: list[OutputParity] = []
-    ok_sets = [i for i, o in enumerate(outputs) if o is not None]
-    n_outputs = len(references[0]) if references else 0
-    if ok_sets and any(len(outputs[i] or []) != n_outputs for i in ok_sets):
-        errors.append(f"the ONNX model has {len(names)} outputs but PyTorch returns {n_outputs}")
-    elif ok_sets:
-        for j in range(n_outputs):
-            refs = [references[i][j] for i in ok_sets]
-            acts = [outputs[i][j] for i in ok_sets]  # type: ignore[index]
-            shape_errors = [
-                f"{samples[i].name}: shape {list(a.shape)} vs PyTorch {list(r.shape)}"
-                for i, r, a in zip(ok_sets, refs, acts, strict=True)
-                if r.shape != a.shape
-            ]
-            if shape_errors:
-                errors.append(f"output {names[j]} has the wrong shape: " + "; ".join(shape_errors))
-                continue
-            results.append(
-                compare_output(
-                    names[j] if j < len(names) else f"output_{j}",
-                    refs,
-                    acts,
-                    [samples[i].name for i in ok_sets],
-                    config.tolerances,
-                    classification=classification,
-                )
-            )
+    results = _compare_outputs(samples, references, exact, outputs, names, errors, config, classification)
+    tolerances = config.tolerances
+    if exact is None and float64_unavailable is None:
+        float64_unavailable = "no float64 reference was given"
     result = ParityResult(
         passed=not errors and bool(results) and all(o.passed for o in results),
         model=str(onnx_path),
         outputs=results,
-        tolerances=config.tolerances,
+        tolerances=tolerances,
+        rule=FIXED if tolerances.fixed else SCALE_AWARE if exact is None else NOISE_FLOOR,
+        float64_unavailable=None if exact is not None else float64_unavailable,
         samples=[s.describe() for s in samples],
         providers=providers,
         errors=errors,
         seconds=time.perf_counter() - start,
     )
     if not result.passed:
-        raise VerificationError(
-            "verification FAILED: " + "; ".join(result.failures[:3]) + (" ..." if len(result.failures) > 3 else ""),
-            result=result,
-        )
+        raise VerificationError(failure_message(result), result=result)
     return result
+
+
+def _compare_outputs(
+    samples: list[SampleSet],
+    references: list[list[np.ndarray]],
+    exact: list[list[np.ndarray]] | None,
+    outputs: list[list[np.ndarray] | None],
+    names: list[str],
+    errors: list[str],
+    config: VerifyConfig,
+    classification: bool,
+) -> list[OutputParity]:
+    """Compare every output over the sample sets onnxruntime ran; shape and count problems go to ``errors``."""
+    results: list[OutputParity] = []
+    ok_sets = [i for i, o in enumerate(outputs) if o is not None]
+    n_outputs = len(references[0]) if references else 0
+    if ok_sets and any(len(outputs[i] or []) != n_outputs for i in ok_sets):
+        errors.append(f"the ONNX model has {len(names)} outputs but PyTorch returns {n_outputs}")
+        return results
+    for j in range(n_outputs if ok_sets else 0):
+        refs = [references[i][j] for i in ok_sets]
+        acts = [outputs[i][j] for i in ok_sets]  # type: ignore[index]
+        shape_errors = [
+            f"{samples[i].name}: shape {list(a.shape)} vs PyTorch {list(r.shape)}"
+            for i, r, a in zip(ok_sets, refs, acts, strict=True)
+            if r.shape != a.shape
+        ]
+        if shape_errors:
+            errors.append(f"output {names[j]} has the wrong shape: " + "; ".join(shape_errors))
+            continue
+        results.append(
+            compare_output(
+                names[j] if j < len(names) else f"output_{j}",
+                refs,
+                acts,
+                [samples[i].name for i in ok_sets],
+                config.tolerances,
+                classification=classification,
+                exact=[exact[i][j] for i in ok_sets] if exact is not None else None,
+            )
+        )
+    return results
+
+
+def failure_message(result: ParityResult) -> str:
+    """The ``VerificationError`` message of a failed result: its verdict, then the failures it does not name."""
+    verdict = result.verdict
+    rest = [f for f in result.failures if f not in verdict and f.split(": ", 1)[-1] not in verdict]
+    more = f" ({'; '.join(rest[:2])}{' ...' if len(rest) > 2 else ''})" if rest else ""
+    return f"verification FAILED: {verdict}{more}"
+
+
+def _verdict(result: ParityResult) -> str:
+    rule = _criterion(result)
+    located = ""
+    first = result.localization.first_divergence if result.localization is not None else None
+    if first is not None:
+        located = f"; first divergence at {first.onnx_node} (module {first.module})"
+    if result.passed:
+        judged = [o.noise for o in result.outputs if o.noise is not None]
+        if result.rule == NOISE_FLOOR and judged:
+            worst = max(judged, key=lambda n: n.ratio)
+            return (
+                f"passed: every output within {result.tolerances.noise_factor:g}× PyTorch's own float32 rounding "
+                f"(worst {format_ratio(worst.ratio)})" + located
+            )
+        return f"passed under the {rule}" + located
+    if result.errors:
+        return f"failed: {result.errors[0]}" + located
+    failed = [o for o in result.outputs if not o.passed]
+    if not failed:
+        return "failed: no output could be compared" + located
+    first_output = failed[0]
+    noise = first_output.noise
+    if result.rule == NOISE_FLOOR and noise is not None and not noise.within and not first_output.degenerate:
+        return (
+            f"failed: output '{first_output.name}' differs {format_ratio(noise.ratio)} more than PyTorch's own float32 "
+            f"rounding (allowed {noise.factor:g}×)" + located
+        )
+    return f"failed: output '{first_output.name}': {first_output.failures[0]} ({rule})" + located
+
+
+def _criterion(result: ParityResult) -> str:
+    atol, rtol = result.tolerances.scale_aware()
+    if result.rule == FIXED:
+        return f"fixed tolerances: atol {atol:g}×scale + rtol {rtol:g}×|ref|"
+    if result.rule == SCALE_AWARE:
+        return (
+            f"scale-aware rule (atol {atol:g}×scale + rtol {rtol:g}×|ref|), no float64 reference: "
+            f"{result.float64_unavailable}"
+        )
+    return (
+        f"noise floor: error against float64 within {result.tolerances.noise_factor:g}× PyTorch float32's own "
+        "(max and mean)"
+    )

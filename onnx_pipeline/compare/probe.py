@@ -1,0 +1,118 @@
+"""Run an ONNX model with a few of its intermediate tensors as outputs, its weights loaded once.
+
+Every tensor marked as an output at once would hold every activation of the model in memory (for
+VGG16 on a handful of samples, gigabytes); a probe marks only the tensors asked for in one call. The
+weights are read once and handed to each session in memory (``onnxfile.weightless_copy``), so a new
+set of outputs costs a graph, not a model, and onnxruntime's prepacked weight copies are turned off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_pipeline.errors import PipelineError, VerificationError
+from onnx_pipeline.onnxfile import large_initializers, load_onnx, weightless_copy
+
+#: default budget for one probe call: the probed tensors of every sample, as onnxruntime returns them
+PROBE_BYTES = 64 << 20
+
+
+class OnnxProbe:
+    """An ONNX model whose intermediate tensors can be fetched, a few per call."""
+
+    def __init__(
+        self,
+        model: str | Path | Any,
+        *,
+        providers: Sequence[str] | None = None,
+        qdq_as_float: bool = False,
+        error: type[PipelineError] = VerificationError,
+    ) -> None:
+        import onnx
+
+        loaded = load_onnx(Path(model)) if isinstance(model, str | Path) else model
+        self.name = Path(model).name if isinstance(model, str | Path) else (loaded.graph.name or "model")
+        initializers = {i.name for i in loaded.graph.initializer}
+        inputs = [i.name for i in loaded.graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise error(f"{self.name} has {len(inputs)} inputs: per-layer comparison handles single-input models")
+        self.input_name = inputs[0]
+        from onnx import numpy_helper
+
+        large = large_initializers(loaded)
+        self._names = [t.name for t in loaded.graph.initializer if t.name in large]
+        self._arrays = [
+            np.ascontiguousarray(numpy_helper.to_array(t)) for t in loaded.graph.initializer if t.name in large
+        ]
+        self._skeleton = weightless_copy(loaded, large)
+        #: the graph (large weights as placeholders): the loaded model's copy of the weights is let go
+        self.model = self._skeleton
+        del loaded
+        try:  # shapes only size the probe calls: a model shape inference cannot follow still runs
+            self._per_sample = _per_sample_elements(onnx.shape_inference.infer_shapes(self._skeleton).graph)
+        except Exception:
+            self._per_sample = {}
+        self._providers = list(providers) if providers else None
+        self._qdq_as_float = qdq_as_float
+        self._error = error
+
+    def per_sample_elements(self, tensor: str) -> int | None:
+        """Elements of ``tensor`` per sample (the batch axis excluded), when shape inference knows them."""
+        return self._per_sample.get(tensor)
+
+    def run(self, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """``tensors`` on every batch, concatenated on the batch axis."""
+        import onnx
+
+        from onnx_pipeline.runtime.session import SessionSettings, create_session
+
+        probed = onnx.ModelProto()
+        probed.CopyFrom(self._skeleton)  # the graph only: the weights are placeholders
+        del probed.graph.output[:]
+        for name in tensors:
+            probed.graph.output.add().name = name  # onnxruntime infers the type
+        settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
+        session = create_session(
+            probed.SerializeToString(),
+            providers=self._providers,
+            settings=settings,
+            qdq_as_float=self._qdq_as_float,
+            external_initializers=(self._names, self._arrays),
+            error=self._error,
+            what=self.name,
+        )
+        results: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
+        for batch in batches:
+            for name, value in zip(tensors, session.run(list(tensors), {self.input_name: batch}), strict=True):
+                results[name].append(np.asarray(value))
+        return {name: np.concatenate(values) for name, values in results.items()}
+
+
+def _per_sample_elements(graph: Any) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for value in (*graph.value_info, *graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) >= 1 and all(d.HasField("dim_value") for d in dims[1:]):
+            sizes[value.name] = int(np.prod([d.dim_value for d in dims[1:]], dtype=np.int64))
+    return sizes
+
+
+def chunks(
+    names: Sequence[str], probe: OnnxProbe, samples: int, budget: int = PROBE_BYTES, most: int = 16
+) -> Iterator[list[str]]:
+    """``names`` in runs whose float32 values for ``samples`` samples fit ``budget`` (at least one each)."""
+    run: list[str] = []
+    used = 0
+    for name in names:
+        size = 4 * samples * (probe.per_sample_elements(name) or 1 << 16)
+        if run and (used + size > budget or len(run) >= most):
+            yield run
+            run, used = [], 0
+        run.append(name)
+        used += size
+    if run:
+        yield run
