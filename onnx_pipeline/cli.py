@@ -679,7 +679,7 @@ def serve(
             max_batch_size=max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms,
             max_queue_size=max_queue_size,
-            max_body_bytes=max(1, int(max_body_mb * (1 << 20))),
+            max_body_bytes=int(max_body_mb * (1 << 20)),
             top_k=top_k,
             model=model_name,
             providers=provider or None,

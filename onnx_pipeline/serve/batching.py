@@ -1,20 +1,24 @@
 """The dynamic batcher: requests of one model gathered into batches and run off the event loop.
 
 Each request first takes a slot (``admit``): at most ``capacity`` requests of a model are admitted
-at once (decoding, queued or running), and the next one is refused at once with ``OverloadedError``
+at once (reading, queued or running), and the next one is refused at once with ``OverloadedError``
 (the server answers 503 with ``Retry-After``), so no request waits without bound. An admitted
-request hands its rows to ``infer``; a collector task on the event loop takes the waiting requests
-in arrival order, up to ``max_batch_size`` rows, waiting at most ``max_delay_s`` after the oldest
-one arrived for more to come, and runs each batch on one worker thread (onnxruntime already uses
-every core for one batch, so batches run one after another). A fixed-batch model gets batches
-padded to its batch size; a batch that fails is rerun request by request, so one bad request
-cannot fail the others.
+request hands its work to ``infer``: rows ready to run, or a function that makes them (decoding
+and preprocessing an image). A collector task on the event loop takes the waiting requests in
+arrival order, up to ``max_batch_size`` rows, waiting at most ``max_delay_s`` after the oldest one
+arrived for more to come, and hands each batch to one worker thread, which prepares its images
+(on a small pool) and then runs it. Batches run one after another and images are prepared between
+them, not beside them: onnxruntime already uses every core for one batch, and decoding beside it
+would slow it by more than the decoding costs. A fixed-batch model gets batches padded to its
+batch size. A request whose image cannot be prepared fails alone; a batch that fails to run is
+rerun request by request, so one bad request cannot fail the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -46,9 +50,13 @@ class StoppedError(Exception):
     """The batcher was closed before the request could run."""
 
 
+Work = np.ndarray | Callable[[], np.ndarray]
+
+
 @dataclass
 class _Waiting:
-    rows: np.ndarray
+    work: Work  # rows (N, ...), or a function that makes them
+    count: int  # rows it brings
     future: asyncio.Future[np.ndarray]
     enqueued: float
 
@@ -87,6 +95,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._preparers = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix=f"prep-{name}")
         #: the mean seconds per batch so far (for Retry-After)
         self._batch_seconds = 0.0
         self._batches = 0
@@ -127,14 +136,19 @@ class DynamicBatcher:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+        self._preparers.shutdown(wait=True)
 
-    async def infer(self, rows: np.ndarray) -> np.ndarray:
-        """Queue ``rows`` (N, ...) for the next batch and wait for their outputs (N, ...)."""
+    async def infer(self, work: Work, rows: int | None = None) -> np.ndarray:
+        """Queue ``work`` for the next batch and wait for its outputs (N, ...).
+
+        ``work`` is rows (N, ...) or a function that makes ``rows`` of them (called on the worker).
+        """
         if self._wakeup is None or self._task is None or self._task.done():
             raise StoppedError(f"model {self.name!r} is not running")
+        count = len(work) if isinstance(work, np.ndarray) else (rows or 1)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(rows, future, time.perf_counter()))
-        self._rows_waiting += len(rows)
+        self._waiting.append(_Waiting(work, count, future, time.perf_counter()))
+        self._rows_waiting += count
         self._wakeup.set()
         return await future
 
@@ -160,10 +174,10 @@ class DynamicBatcher:
 
     def _take(self) -> list[_Waiting]:
         batch = [self._waiting.popleft()]
-        rows = len(batch[0].rows)
-        while self._waiting and rows + len(self._waiting[0].rows) <= self.max_batch_size:
+        rows = batch[0].count
+        while self._waiting and rows + self._waiting[0].count <= self.max_batch_size:
             item = self._waiting.popleft()
-            rows += len(item.rows)
+            rows += item.count
             batch.append(item)
         self._rows_waiting -= rows
         return batch
@@ -175,7 +189,9 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_padded, [i.rows for i in live])
+            prepared, outputs = await loop.run_in_executor(
+                self._executor, self._prepare_and_run, [i.work for i in live]
+            )
         except Exception as exc:
             if len(live) > 1:
                 logger.debug("a batch of %d requests failed (%s): running them one by one", len(live), exc)
@@ -187,21 +203,35 @@ class DynamicBatcher:
         seconds = time.perf_counter() - start
         self._batches += 1
         self._batch_seconds += (seconds - self._batch_seconds) / self._batches
-        if self._observer is not None:
-            self._observer(sum(len(i.rows) for i in live), len(live), seconds)
+        ran = [(item, rows) for item, rows in zip(live, prepared, strict=True) if isinstance(rows, np.ndarray)]
+        if self._observer is not None and ran:
+            self._observer(sum(len(rows) for _, rows in ran), len(ran), seconds)
         offset = 0
-        for item in live:
-            count = len(item.rows)
+        for item, rows in zip(live, prepared, strict=True):
+            if not isinstance(rows, np.ndarray):
+                _fail(item.future, rows)
+                continue
             if not item.future.done():
-                item.future.set_result(outputs[offset : offset + count])
-            offset += count
+                item.future.set_result(outputs[offset : offset + len(rows)])
+            offset += len(rows)
 
-    def _run_padded(self, parts: list[np.ndarray]) -> np.ndarray:
+    def _prepare_and_run(self, works: list[Work]) -> tuple[list[np.ndarray | BaseException], np.ndarray]:
+        """On the worker: make each request's rows (a failure stays that request's), then run them as one batch."""
+        pending = [(i, self._preparers.submit(w)) for i, w in enumerate(works) if not isinstance(w, np.ndarray)]
+        prepared: list[np.ndarray | BaseException] = [w if isinstance(w, np.ndarray) else np.empty(0) for w in works]
+        for index, future in pending:
+            try:
+                prepared[index] = future.result()
+            except Exception as exc:
+                prepared[index] = exc
+        parts = [rows for rows in prepared if isinstance(rows, np.ndarray)]
+        if not parts:
+            return prepared, np.empty(0)
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        rows = len(batch)
-        if self.pad_to is not None and rows < self.pad_to:
-            batch = np.concatenate([batch, np.zeros((self.pad_to - rows, *batch.shape[1:]), dtype=batch.dtype)])
-        return self._run(batch)[:rows]
+        count = len(batch)
+        if self.pad_to is not None and count < self.pad_to:
+            batch = np.concatenate([batch, np.zeros((self.pad_to - count, *batch.shape[1:]), dtype=batch.dtype)])
+        return prepared, self._run(batch)[:count]
 
 
 def _fail(future: asyncio.Future[np.ndarray], exc: BaseException) -> None:

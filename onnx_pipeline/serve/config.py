@@ -41,10 +41,15 @@ class ServeConfig:
             raise InputError("give at least one bundle folder to serve")
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port must be between 0 and 65535, not {self.port}")
-        for name in ("max_batch_size", "max_queue_size", "top_k", "max_body_bytes"):
+        for name, flag in (
+            ("max_batch_size", "--max-batch-size"),
+            ("max_queue_size", "--max-queue-size"),
+            ("top_k", "--top-k"),
+            ("max_body_bytes", "the body limit (--max-body-mb)"),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, not {value!r}")
+                raise InputError(f"{flag} must be a positive integer, not {value!r}")
         if self.max_batch_size > 1024:
             raise InputError(f"--max-batch-size above 1024 is refused, got {self.max_batch_size}")
         for name in ("max_queue_delay_ms", "graceful_timeout_s"):

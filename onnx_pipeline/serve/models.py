@@ -9,7 +9,6 @@ share a name (the same model for two targets), each is qualified by its target
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -58,9 +57,8 @@ class ServedModel:
         return model_metadata(self.name, PLATFORM, [self.input], [self.output])
 
     async def classify(self, image: bytes, top_k: int, source: str = "<upload>") -> Prediction:
-        """Decode and preprocess ``image`` off the event loop (the runtime's limits apply), run it batched, label it."""
-        sample = await asyncio.to_thread(self.bundle.preprocess, image)
-        outputs = await self.batcher.infer(sample[None])
+        """Decode and preprocess ``image`` (the runtime's limits apply) and run it, batched, on the worker; label it."""
+        outputs = await self.batcher.infer(lambda: self.bundle.preprocess(image)[None], rows=1)
         # One row at a time, as predict() does: whether a row is already probabilities is judged per image.
         return self.bundle.label(self.bundle.probabilities(outputs)[0], top_k, source)
 

@@ -129,3 +129,20 @@ def test_background_server_of_the_api_without_torch(served_bundle: Path, photos:
     from onnx_pipeline.runtime import Bundle
 
     assert done.stdout.strip() == Bundle.load(served_bundle).predict(image).class_name
+
+
+def test_cli_refuses_bad_options_in_one_line(served_bundle: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from onnx_pipeline.cli import app
+
+    runner = CliRunner()
+    for arguments, words in (
+        ([str(served_bundle), "--max-batch-size", "0"], "--max-batch-size must be a positive integer"),
+        ([str(served_bundle), "--max-body-mb", "0"], "--max-body-mb"),
+        ([str(tmp_path / "missing")], "does not exist"),
+    ):
+        result = runner.invoke(app, ["serve", *arguments])
+        assert result.exit_code == 2, result.output
+        assert words in result.output and "Traceback" not in result.output
+    assert "max-queue-delay-ms" in runner.invoke(app, ["serve", "--help"]).output
