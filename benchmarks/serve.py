@@ -5,7 +5,7 @@ One run, on loopback, a bounded number of requests, stops by itself:
 1. export VGG16 (random weights) with the cpu-x86_64 bundle, calibrated on scikit-image's photographs
    (or take ``--bundle``);
 2. ``bench``'s throughput of the bundle's default model at batch sizes 1, 4, 8 and 16 (onnxruntime
-   alone, no HTTP): the best one is the reference;
+   alone, no HTTP), measured before and after the servers: the best figure is the reference;
 3. each server in its own process, in turn (never both at once): ``onnx-pipeline serve`` (dynamic
    batching, at most 8 per batch) and ``benchmarks/flask_seed_server.py`` (one ``session.run`` per
    request); each at concurrency 1, 8 and 32 with the seed's multipart upload of real photographs:
@@ -231,11 +231,17 @@ def main() -> None:
             print(f"{name} ...", file=sys.stderr, flush=True)
             with _server(command, ready, folder / f"{name}.log") as url:
                 results[name] = _measure(url, uploads, counts)
+        # bench again after the servers: on a shared machine the load drifts; the better run is the reference
+        print("bench again ...", file=sys.stderr, flush=True)
+        again = _bench_best(bundle, args.bench_seconds)
+        bench["runs_ips"] = [round(bench["best_ips"], 2), round(again["best_ips"], 2)]
+        if again["best_ips"] > bench["best_ips"]:
+            bench.update({k: again[k] for k in ("by_batch", "best_batch", "best_ips")})
     report = {"bench": bench, **results, "goals": _goals(bench, results["serve"], results["flask"])}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"bench ({bench['model']}), img/s by batch size: {bench['by_batch']}")
+    print(f"bench ({bench['model']}), img/s by batch size: {bench['by_batch']} (best of two runs: {bench['runs_ips']})")
     print("| server | concurrency | requests | req/s | p50 ms | p99 ms | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in ("serve", "flask"):

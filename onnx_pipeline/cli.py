@@ -656,20 +656,15 @@ def serve(
         onnx-pipeline serve vgg16=runs/vgg16/bundles/cpu-x86_64 --max-batch-size 16 --json
     """
     from onnx_pipeline import api
-    from onnx_pipeline.serve import ServerInfo
+    from onnx_pipeline.serve import ServerInfo, ready_lines
 
     def line(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
     def ready(info: ServerInfo) -> None:
-        if as_json:
-            line(json.dumps({"event": "ready", **to_jsonable(info)}))
-            return
-        for m in info.models:
-            batching = f"batches up to {m.max_batch_size}" if m.dynamic_batch else f"fixed batch {m.max_batch_size}"
-            line(f"{m.name}: {m.file} ({m.precision}) on {', '.join(m.providers)}, {batching}")
-        line(f"serving at {info.url} (POST /predict, /predictions/MODEL, /v2/models/MODEL/infer; GET /metrics)")
+        for text in [json.dumps({"event": "ready", **to_jsonable(info)})] if as_json else ready_lines(info):
+            line(text)
 
     with _errors(debug):
         api.serve(

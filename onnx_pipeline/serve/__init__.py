@@ -7,6 +7,6 @@ metrics, ``app`` holds the routes and ``server`` runs it all.
 """
 
 from onnx_pipeline.serve.config import ServeConfig
-from onnx_pipeline.serve.server import BackgroundServer, ServedModelInfo, ServerInfo, serve
+from onnx_pipeline.serve.server import BackgroundServer, ServedModelInfo, ServerInfo, ready_lines, serve
 
-__all__ = ["BackgroundServer", "ServeConfig", "ServedModelInfo", "ServerInfo", "serve"]
+__all__ = ["BackgroundServer", "ServeConfig", "ServedModelInfo", "ServerInfo", "ready_lines", "serve"]

@@ -134,9 +134,9 @@ class _Handlers:
         return JSONResponse({"status": "Healthy"})
 
     async def list_models(self, _: Request) -> Response:
-        return JSONResponse(
-            {"models": [{"modelName": m.name, "modelUrl": str(m.bundle.root)} for m in self.models.values()]}
-        )
+        # TorchServe lists each model's archive name; here the bundle folder's name (no path is disclosed).
+        models = [{"modelName": m.name, "modelUrl": m.bundle.root.name} for m in self.models.values()]
+        return JSONResponse({"models": models})
 
     # ---------------------------------------------------------------- Open Inference Protocol v2
     async def v2_server(self, _: Request) -> Response:

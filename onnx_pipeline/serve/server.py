@@ -49,6 +49,16 @@ class ServerInfo:
     models: tuple[ServedModelInfo, ...]
 
 
+def ready_lines(info: ServerInfo) -> list[str]:
+    """What a person reads when the server is ready: each model, then the address."""
+    lines = []
+    for m in info.models:
+        batching = f"batches up to {m.max_batch_size}" if m.dynamic_batch else f"fixed batch {m.max_batch_size}"
+        lines.append(f"{m.name}: {m.file} ({m.precision}) on {', '.join(m.providers)}, {batching}")
+    endpoints = "POST /predict, /predictions/MODEL, /v2/models/MODEL/infer; GET /metrics"
+    return [*lines, f"serving at {info.url} ({endpoints})"]
+
+
 def _info(host: str, port: int, models: list[ServedModel]) -> ServerInfo:
     shown = f"[{host}]" if ":" in host else host
     return ServerInfo(

@@ -74,7 +74,7 @@ def test_raw_body_and_top_k(server: ServerProcess, reference: Bundle, photos: Pa
 def test_torchserve_api(server: ServerProcess, reference: Bundle, photos: Path) -> None:
     assert requests.get(f"{server.url}/ping", timeout=TIMEOUT).json() == {"status": "Healthy"}
     listed = requests.get(f"{server.url}/models", timeout=TIMEOUT).json()
-    assert [m["modelName"] for m in listed["models"]] == [server.model]
+    assert listed["models"] == [{"modelName": server.model, "modelUrl": "cpu-x86_64"}]
     image = images(photos)[2]
     want = {c["class_name"]: c["probability"] for c in expected(reference, image)["top_k"]}
     # `curl -T image.jpg .../predictions/MODEL` (the seed's call) is a PUT of the raw file
