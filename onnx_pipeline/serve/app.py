@@ -42,6 +42,8 @@ from onnx_pipeline.serve.protocol_v2 import (
 logger = logging.getLogger(__name__)
 
 RequestLog = Callable[[dict[str, Any]], None]
+#: where a handler leaves the name of the model it served, for the request's metrics and log line
+MODEL_KEY = "onnx_pipeline.model"
 
 
 class HTTPProblem(Exception):
@@ -74,12 +76,12 @@ class _Handlers:
         self.config = config
         self.metrics = metrics
 
-    def model(self, name: str | None) -> ServedModel:
-        if name is None:
-            return self.default
-        found = self.models.get(name)
+    def model(self, request: Request, name: str | None) -> ServedModel:
+        """The model named ``name`` (``None``: the first one), recorded for the request's log line."""
+        found = self.default if name is None else self.models.get(name)
         if found is None:
             raise HTTPProblem(404, f"no model {name!r} here: this server has {sorted(self.models)}")
+        request.scope[MODEL_KEY] = found.name
         return found
 
     def top_k(self, request: Request) -> int:
@@ -111,7 +113,7 @@ class _Handlers:
         return data, name
 
     async def predict(self, request: Request) -> Response:
-        model = self.model(request.query_params.get("model"))
+        model = self.model(request, request.query_params.get("model"))
         top_k = self.top_k(request)
         with model.batcher.admit():
             data, name = await self._image(request, "file")
@@ -121,7 +123,7 @@ class _Handlers:
         return JSONResponse({**payload, "model": model.name})
 
     async def torchserve_predict(self, request: Request) -> Response:
-        model = self.model(request.path_params["model"])
+        model = self.model(request, request.path_params["model"])
         top_k = self.top_k(request)
         with model.batcher.admit():
             data, name = await self._image(request, None)
@@ -154,7 +156,7 @@ class _Handlers:
         version = request.path_params.get("version")
         if version is not None and version != "1":
             raise HTTPProblem(404, f"model {request.path_params['name']!r} has only version 1, not {version!r}")
-        return self.model(request.path_params["name"])
+        return self.model(request, request.path_params["name"])
 
     async def v2_model(self, request: Request) -> Response:
         return JSONResponse(self._v2_model(request).metadata())
@@ -293,14 +295,13 @@ class _Gate:
         endpoint = getattr(route, "path", None) or "unmatched"
         self.metrics.observe_request(endpoint, status, seconds)
         if self.on_request is not None:
-            params = scope.get("path_params") or {}
             self.on_request(
                 {
                     "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                     "method": scope.get("method"),
                     "path": scope.get("path"),
                     "endpoint": endpoint,
-                    "model": params.get("name") or params.get("model"),
+                    "model": scope.get(MODEL_KEY),
                     "status": status,
                     "ms": round(seconds * 1000.0, 3),
                     "client": (scope.get("client") or [None])[0],

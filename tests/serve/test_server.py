@@ -108,6 +108,7 @@ def test_sigterm_during_load_answers_every_accepted_request(served_bundle: Path,
         logged = [r for r in server.request_records() if r.get("endpoint") == "/predict"]
         # every request the server answered reached its client: none accepted was lost
         assert len(logged) == len(answered) and {r["status"] for r in logged} == {200}
+        assert {r["model"] for r in logged} == {server.model} and all(r["ms"] > 0 for r in logged)
 
 
 def test_background_server_of_the_api_without_torch(served_bundle: Path, photos: Path) -> None:
