@@ -147,3 +147,25 @@ def test_cli_refuses_bad_options_in_one_line(served_bundle: Path, tmp_path: Path
         assert result.exit_code == 2, result.output
         assert words in result.output and "Traceback" not in result.output
     assert "max-queue-delay-ms" in runner.invoke(app, ["serve", "--help"]).output
+
+
+def test_several_bundles_and_a_fixed_batch_run_folder(served_bundle: Path, photos: Path, tmp_path: Path) -> None:
+    from onnx_pipeline import api
+    from onnx_pipeline.runtime import Bundle
+    from tests.helpers import make_run_folder
+
+    fixed = make_run_folder(tmp_path / "fixed", dynamic_batch=False)  # a run folder serves too
+    image = sorted(photos.iterdir())[3]
+    with api.serve_in_background([f"a={served_bundle}", f"b={served_bundle}", str(fixed)], port=0) as server:
+        listed = requests.get(f"{server.url}/models", timeout=TIMEOUT).json()["models"]
+        assert [m["modelName"] for m in listed] == ["a", "b", "tiny-vgg"]
+        assert [m.dynamic_batch for m in server.info.models] == [True, True, False]
+        answer = requests.post(f"{server.url}/predict?model=b", data=image.read_bytes(), timeout=TIMEOUT).json()
+        assert answer["model"] == "b" and answer["class_id"] == Bundle.load(served_bundle).predict(image).class_id
+        metadata = requests.get(f"{server.url}/v2/models/tiny-vgg", timeout=TIMEOUT).json()
+        assert metadata["inputs"][0]["shape"] == [1, 3, 32, 32]
+        answer = requests.post(f"{server.url}/predict?model=tiny-vgg", data=image.read_bytes(), timeout=TIMEOUT)
+        assert answer.json()["class_id"] == Bundle.load(fixed).predict(image).class_id
+        two = {"name": "input", "datatype": "FP32", "shape": [2, 3, 32, 32], "data": [0.0] * (2 * 3 * 32 * 32)}
+        refused = requests.post(f"{server.url}/v2/models/tiny-vgg/infer", json={"inputs": [two]}, timeout=TIMEOUT)
+        assert refused.status_code == 400 and "the model takes [1, 3, 32, 32]" in refused.json()["error"]
