@@ -4,17 +4,20 @@ One run, on loopback, a bounded number of requests, stops by itself:
 
 1. export VGG16 (random weights) with the cpu-x86_64 bundle, calibrated on scikit-image's photographs
    (or take ``--bundle``);
-2. ``bench``'s throughput of the bundle's default model at batch sizes 1, 4, 8 and 16 (onnxruntime
-   alone, no HTTP), measured before and after the servers: the best figure is the reference;
-3. each server in its own process, in turn (never both at once): ``onnx-pipeline serve`` (dynamic
-   batching, at most 8 per batch) and ``benchmarks/flask_seed_server.py`` (one ``session.run`` per
-   request); each at concurrency 1, 8 and 32 with the seed's multipart upload of real photographs:
-   requests/s, p50/p99 latency, errors (a non-200 answer, a wrong answer or a failed connection).
+2. start both servers, each in its own process: ``onnx-pipeline serve`` (dynamic batching, at most 8
+   per batch) and ``benchmarks/flask_seed_server.py`` (the seed's Flask app: one ``session.run`` per
+   request); only one is loaded at a time;
+3. in ``--rounds`` rounds (the machine's load drifts; rounds put both sides under the same drift):
+   ``bench``'s throughput of the bundle's default model at batch sizes 1, 4, 8 and 16 (onnxruntime
+   alone, no HTTP), then each server at concurrency 1, 8 and 32 (which server goes first alternates)
+   with the seed's multipart upload of real photographs. Per server and concurrency, the rounds add
+   up to: requests/s, p50/p99 latency, errors (a non-200 answer, a wrong ``class_id`` or a failed
+   connection). bench's figure per batch size is its median over the rounds; the best is the reference.
 
 Goals (issue 10): at concurrency 8, serve ≥ 0.9× bench's best throughput, p99 ≤ 2.5× p50, zero
 errors over 1,000 requests, and ahead of Flask.
 
-    python benchmarks/serve.py [--bundle DIR] [--requests 1000] [--json]
+    python benchmarks/serve.py [--bundle DIR] [--requests 1000] [--rounds 4] [--json]
 """
 
 from __future__ import annotations
@@ -60,21 +63,12 @@ def _export(folder: Path, photos: Path) -> Path:
     return run / "bundles" / "cpu-x86_64"
 
 
-def _bench_best(bundle: Path, seconds: float) -> dict[str, Any]:
-    """bench's rows for the bundle's default model (the one both servers serve), and the best of them."""
+def _bench(bundle: Path, model: str, seconds: float) -> dict[int, float]:
+    """bench's images/s per batch size for ``model`` (the one both servers serve)."""
     from onnx_pipeline.bench import BenchConfig, benchmark_bundle
-    from onnx_pipeline.runtime import Bundle
 
-    model = Bundle.load(bundle).model.file
     config = BenchConfig(batch_sizes=BENCH_BATCHES, min_seconds=seconds, eager=False, models=(model,))
-    rows = [r for r in benchmark_bundle(bundle, config).rows if r.backend == "onnxruntime"]
-    best = max(rows, key=lambda r: r.throughput_ips)
-    return {
-        "model": model,
-        "by_batch": {r.batch_size: round(r.throughput_ips, 2) for r in rows},
-        "best_batch": best.batch_size,
-        "best_ips": best.throughput_ips,
-    }
+    return {r.batch_size: r.throughput_ips for r in benchmark_bundle(bundle, config).rows if r.backend == "onnxruntime"}
 
 
 def _multipart(name: str, data: bytes) -> bytes:
@@ -126,11 +120,17 @@ def _load(url: str, uploads: list[tuple[bytes, int]], concurrency: int, total: i
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - start
+    return {"wall_s": time.perf_counter() - start, "latencies": latencies, "errors": errors}
+
+
+def _summary(concurrency: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = [x for p in parts for x in p["latencies"]]
+    errors = [x for p in parts for x in p["errors"]]
+    wall = sum(p["wall_s"] for p in parts)
     ms = np.array(latencies) * 1000.0 if latencies else np.array([float("nan")])
     return {
         "concurrency": concurrency,
-        "requests": total,
+        "requests": len(latencies) + len(errors),
         "wall_s": round(wall, 2),
         "rps": round(len(latencies) / wall, 2),
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
@@ -167,15 +167,6 @@ def _server(command: list[str], ready: re.Pattern[str], log: Path) -> Iterator[s
                 proc.wait()
 
 
-def _measure(url: str, uploads: list[tuple[bytes, int]], counts: dict[int, int]) -> list[dict[str, Any]]:
-    _load(url, uploads, 2, 16)  # warm-up: sessions, arenas, connections
-    rows = []
-    for concurrency in CONCURRENCY:
-        rows.append(_load(url, uploads, concurrency, counts[concurrency]))
-        print(f"  concurrency {concurrency}: {rows[-1]}", file=sys.stderr, flush=True)
-    return rows
-
-
 def _uploads(bundle: Path, photos: Path) -> list[tuple[bytes, int]]:
     from onnx_pipeline.runtime import Bundle
 
@@ -204,44 +195,65 @@ def _goals(bench: dict[str, Any], serve: list[dict[str, Any]], flask: list[dict[
     ]
 
 
+def _rounds(
+    bundle: Path, model: str, urls: dict[str, str], uploads: list[tuple[bytes, int]], args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    counts = {1: max(20, args.requests // 5), 8: args.requests, 32: args.requests}
+    for url in urls.values():
+        _load(url, uploads, 2, 16)  # warm-up: sessions, arenas, connections
+    benches: list[dict[int, float]] = []
+    parts: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in CONCURRENCY} for name in urls}
+    for index in range(args.rounds):
+        benches.append(_bench(bundle, model, args.bench_seconds))
+        order = list(urls) if index % 2 == 0 else list(reversed(urls))
+        for concurrency in CONCURRENCY:
+            for name in order:
+                share = counts[concurrency] // args.rounds + (index < counts[concurrency] % args.rounds)
+                parts[name][concurrency].append(_load(urls[name], uploads, concurrency, share))
+        print(f"round {index + 1}/{args.rounds}: bench {benches[-1]}", file=sys.stderr, flush=True)
+    by_batch = {b: float(np.median([r[b] for r in benches])) for b in BENCH_BATCHES}
+    best = max(by_batch, key=lambda b: by_batch[b])
+    bench = {
+        "model": model,
+        "by_batch": {b: round(v, 2) for b, v in by_batch.items()},
+        "best_batch": best,
+        "best_ips": by_batch[best],
+        "rounds_best_ips": [round(max(r.values()), 2) for r in benches],
+    }
+    return bench, {name: [_summary(c, parts[name][c]) for c in CONCURRENCY] for name in urls}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="a VGG16 cpu-x86_64 bundle (default: export one)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests at concurrency 8 and 32")
-    parser.add_argument("--bench-seconds", type=float, default=5.0)
+    parser.add_argument("--requests", type=int, default=1000, help="requests at concurrency 8 and 32, per server")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--bench-seconds", type=float, default=2.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    counts = {1: max(50, args.requests // 5), 8: args.requests, 32: args.requests}
+    from onnx_pipeline.runtime import Bundle
+
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         folder = Path(tmp)
         photos = folder / "photos"
         subprocess.run([sys.executable, str(REPO / "scripts" / "sample_photos.py"), str(photos)], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         bundle = args.bundle or _export(folder, photos)
-        print(f"bench {bundle} ...", file=sys.stderr, flush=True)
-        bench = _bench_best(bundle, args.bench_seconds)
+        model = Bundle.load(bundle).model.file
         uploads = _uploads(bundle, photos)
         serve_cmd = _cli("serve", str(bundle), "--host", "127.0.0.1", "--port", "0", "--max-queue-size", "256")
         flask_cmd = [sys.executable, str(REPO / "benchmarks" / "flask_seed_server.py"), str(bundle)]
-        results: dict[str, list[dict[str, Any]]] = {}
-        for name, command, ready in (
-            ("serve", serve_cmd, re.compile(r"serving at (http://\S+)")),
-            ("flask", flask_cmd, re.compile(r'"url": "(http://[^"]+)"')),
+        with (
+            _server(serve_cmd, re.compile(r"serving at (http://\S+)"), folder / "serve.log") as serve_url,
+            _server(flask_cmd, re.compile(r'"url": "(http://[^"]+)"'), folder / "flask.log") as flask_url,
         ):
-            print(f"{name} ...", file=sys.stderr, flush=True)
-            with _server(command, ready, folder / f"{name}.log") as url:
-                results[name] = _measure(url, uploads, counts)
-        # bench again after the servers: on a shared machine the load drifts; the better run is the reference
-        print("bench again ...", file=sys.stderr, flush=True)
-        again = _bench_best(bundle, args.bench_seconds)
-        bench["runs_ips"] = [round(bench["best_ips"], 2), round(again["best_ips"], 2)]
-        if again["best_ips"] > bench["best_ips"]:
-            bench.update({k: again[k] for k in ("by_batch", "best_batch", "best_ips")})
+            bench, results = _rounds(bundle, model, {"serve": serve_url, "flask": flask_url}, uploads, args)
     report = {"bench": bench, **results, "goals": _goals(bench, results["serve"], results["flask"])}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"bench ({bench['model']}), img/s by batch size: {bench['by_batch']} (best of two runs: {bench['runs_ips']})")
+    print(f"bench ({model}), img/s by batch size (median of {args.rounds} rounds): {bench['by_batch']}; "
+          f"best per round: {bench['rounds_best_ips']}")  # fmt: skip
     print("| server | concurrency | requests | req/s | p50 ms | p99 ms | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in ("serve", "flask"):
@@ -250,8 +262,8 @@ def main() -> None:
                   f"{row['p99_ms']} | {row['errors']} {' '.join(row['error_kinds'])} |")  # fmt: skip
     for name in ("serve", "flask"):
         by_c = {r["concurrency"]: r["rps"] for r in results[name]}
-        print(f"{name}: req/s at 8 and 32 ÷ bench's best: "
-              + ", ".join(f"{by_c[c] / bench['best_ips']:.2f}x" for c in (8, 32)))  # fmt: skip
+        print(f"{name}: req/s at 1, 8 and 32 ÷ bench's best: "
+              + ", ".join(f"{by_c[c] / bench['best_ips']:.2f}x" for c in CONCURRENCY))  # fmt: skip
     for line in report["goals"]:
         print(line)
 

@@ -169,3 +169,32 @@ def test_several_bundles_and_a_fixed_batch_run_folder(served_bundle: Path, photo
         two = {"name": "input", "datatype": "FP32", "shape": [2, 3, 32, 32], "data": [0.0] * (2 * 3 * 32 * 32)}
         refused = requests.post(f"{server.url}/v2/models/tiny-vgg/infer", json={"inputs": [two]}, timeout=TIMEOUT)
         assert refused.status_code == 400 and "the model takes [1, 3, 32, 32]" in refused.json()["error"]
+
+
+def test_accepted_connections_have_tcp_nodelay() -> None:
+    """Without TCP_NODELAY a response written in two parts waits for a delayed ACK (~40 ms per request)."""
+    import asyncio
+    import socket
+
+    from onnx_pipeline.serve.server import _bind
+
+    async def main() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        listening = _bind("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
+        port = listening.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(accepted, TIMEOUT)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(main()) != 0
