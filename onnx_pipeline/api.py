@@ -6,6 +6,7 @@
     api.bundle("runs/vgg16", ["cpu-x86_64"], calibration_images="photos/")
     api.predict("runs/vgg16/bundles/cpu-x86_64", ["cat.jpg"])
     api.bench("runs/vgg16/bundles/cpu-x86_64", batch_sizes=[1])
+    api.serve(["runs/vgg16/bundles/cpu-x86_64"], port=8000)
 
 Each function builds the typed config of its command once and returns the typed result; a
 problem a user can fix raises a ``PipelineError`` (``.exit_code``, ``.result``). ``progress`` is
@@ -32,6 +33,7 @@ from onnx_pipeline.report import RunReport
 if TYPE_CHECKING:
     from onnx_pipeline.bench import BenchResult
     from onnx_pipeline.runtime import Bundle, Prediction
+    from onnx_pipeline.serve import BackgroundServer, ServeConfig, ServerInfo
     from onnx_pipeline.targets import HardwareTarget
 
 Progress = Callable[[str], None]
@@ -267,3 +269,62 @@ def bench(
     from dataclasses import replace
 
     return benchmark_bundle(bundle, replace(config, torch_model=builder, skipped=skipped))
+
+
+def _serve_config(bundles: Sequence[str | Path], **options: Any) -> ServeConfig:
+    from onnx_pipeline.serve import ServeConfig
+
+    if "providers" in options:
+        options["providers"] = tuple(options["providers"]) if options["providers"] else None
+    return ServeConfig(bundles=tuple(str(b) for b in bundles), **options)
+
+
+def serve(
+    bundles: Sequence[str | Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch_size: int = 8,
+    max_queue_delay_ms: float = 5.0,
+    max_queue_size: int = 64,
+    max_body_bytes: int = 16 << 20,
+    top_k: int = 5,
+    model: str | None = None,
+    providers: Sequence[str] | None = None,
+    on_ready: Callable[[ServerInfo], None] | None = None,
+    on_request: Callable[[dict[str, Any]], None] | None = None,
+) -> ServerInfo:
+    """Serve bundles over HTTP until SIGTERM or Ctrl-C (``onnx-pipeline serve``); torch is never imported.
+
+    Each bundle (or ``NAME=PATH``) is checked and loaded first: a tampered one raises
+    ``IntegrityError`` and nothing starts. ``on_ready`` gets the address (``port=0`` picks a free
+    one) once the server accepts requests; ``on_request`` gets one record per answered request.
+    """
+    from onnx_pipeline.serve import serve as run_server
+
+    config = _serve_config(
+        bundles,
+        host=host,
+        port=port,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        max_queue_size=max_queue_size,
+        max_body_bytes=max_body_bytes,
+        top_k=top_k,
+        model=model,
+        providers=providers,
+    )
+    return run_server(config, on_ready=on_ready, on_request=on_request)
+
+
+def serve_in_background(
+    bundles: Sequence[str | Path], *, on_request: Callable[[dict[str, Any]], None] | None = None, **options: Any
+) -> BackgroundServer:
+    """``serve`` on a thread of this process (notebooks, tests); the options are ``serve``'s.
+
+    with api.serve_in_background(["runs/vgg16/bundles/cpu-x86_64"], port=0) as server:
+        requests.post(f"{server.url}/predict", files={"file": open("cat.jpg", "rb")}).json()
+    """
+    from onnx_pipeline.serve import BackgroundServer
+
+    return BackgroundServer(_serve_config(bundles, **options), on_request=on_request)

@@ -21,7 +21,7 @@ from rich.markup import escape as _escape
 from rich.table import Table
 
 from onnx_pipeline.errors import EXIT_FAILED, EXIT_OK, PipelineError
-from onnx_pipeline.files import json_text
+from onnx_pipeline.files import json_text, to_jsonable
 
 app = typer.Typer(
     name="onnx-pipeline",
@@ -694,6 +694,74 @@ def bench(
     out.print(table)
     for line in bench_summary(result):
         out.print(_escape(line), soft_wrap=True)
+
+
+@app.command()
+def serve(
+    bundles: Annotated[
+        list[str], typer.Argument(help="Bundle folders (RUN/bundles/TARGET) or run folders; NAME=PATH names one.")
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: a free one, printed at start).")] = 8000,
+    max_batch_size: Annotated[
+        int, typer.Option("--max-batch-size", help="Most images per batch (models with a dynamic batch axis).")
+    ] = 8,
+    max_queue_delay_ms: Annotated[
+        float, typer.Option("--max-queue-delay-ms", help="Longest wait for a batch to fill, in ms.")
+    ] = 5.0,
+    max_queue_size: Annotated[
+        int, typer.Option("--max-queue-size", help="Requests per model admitted at once; beyond, 503 + Retry-After.")
+    ] = 64,
+    max_body_mb: Annotated[
+        float, typer.Option("--max-body-mb", help="Largest request body in MiB (413 above).")
+    ] = 16.0,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Default classes per answer (?top_k=N per request).")] = 5,
+    model_name: Annotated[
+        str | None, typer.Option("--model", help="Which model of each bundle: a precision (int8) or a file name.")
+    ] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Execution provider(s), in order.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per request (and at start).")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve bundles over HTTP: the seed's /predict, TorchServe's API, Open Inference Protocol v2, /metrics.
+
+    Bundle hashes are checked first (a tampered bundle does not start). SIGTERM or Ctrl-C finishes
+    the requests in flight and exits 0. No torch is imported.
+
+    Examples:
+
+        onnx-pipeline serve runs/vgg16/bundles/cpu-x86_64 --port 8000
+
+        onnx-pipeline serve vgg16=runs/vgg16/bundles/cpu-x86_64 --max-batch-size 16 --json
+    """
+    from onnx_pipeline import api
+    from onnx_pipeline.serve import ServerInfo, ready_lines
+
+    def line(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def ready(info: ServerInfo) -> None:
+        for text in [json.dumps({"event": "ready", **to_jsonable(info)})] if as_json else ready_lines(info):
+            line(text)
+
+    with _errors(debug):
+        api.serve(
+            bundles,
+            host=host,
+            port=port,
+            max_batch_size=max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms,
+            max_queue_size=max_queue_size,
+            max_body_bytes=int(max_body_mb * (1 << 20)),
+            top_k=top_k,
+            model=model_name,
+            providers=provider or None,
+            on_ready=ready,
+            on_request=(lambda record: line(json.dumps(record))) if as_json else None,
+        )
+    if not as_json:
+        err.print("stopped: every accepted request was answered")
 
 
 def main() -> None:

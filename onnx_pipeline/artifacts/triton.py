@@ -2,7 +2,9 @@
 
 ``triton/<name>/1/model.onnx`` (a hard link to ``model.fp16.onnx`` where the file system allows, with its
 external data file beside it under the same name when it has one) and
-``triton/<name>/config.pbtxt``, written, parsed back and checked against the model. The config is
+``triton/<name>/config.pbtxt``, written, parsed back and checked against the model, and
+``kserve/inference_service.yaml``, a KServe ``InferenceService`` that serves that repository with
+Triton (ONNX model format, Open Inference Protocol v2) on a cluster. The config is
 protobuf text format (Triton's ``ModelConfig``). ``parse_pbtxt`` is a small reader for that format
 (fields, nested messages, lists, strings, numbers, enums), enough to read back what
 ``render_config`` writes and hand-edited variants of it.
@@ -298,6 +300,44 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+KSERVE_MANIFEST = "kserve/inference_service.yaml"
+
+
+def service_name(name: str) -> str:
+    """A Kubernetes resource name (DNS-1035 label) for model ``name``: lower case, '-' for the rest."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not label or not label[0].isalpha():
+        label = f"model-{label}".rstrip("-")
+    return label[:63].rstrip("-")
+
+
+def render_inference_service(name: str, spec: TritonSpec) -> str:
+    """A KServe ``InferenceService`` serving the Triton repository ``triton/`` (model ``name``), protocol v2."""
+    gpu = spec.instance_kind == "KIND_GPU"
+    lines = [
+        "# KServe InferenceService: Triton serves this bundle's triton/ repository (ONNX, Open Inference Protocol v2).",
+        "# 1. Copy the bundle's triton/ folder to storage the cluster reads and set storageUri to it.",
+        "# 2. kubectl apply -f kserve/inference_service.yaml",
+        f"# 3. Call POST <service url>/v2/models/{name}/infer: the same client code (tritonclient.http, or",
+        "#    JSON/binary v2 requests) works against `onnx-pipeline serve` on a laptop.",
+        "apiVersion: serving.kserve.io/v1beta1",
+        "kind: InferenceService",
+        "metadata:",
+        f"  name: {service_name(name)}",
+        "spec:",
+        "  predictor:",
+        "    model:",
+        "      modelFormat:",
+        "        name: onnx",
+        "      protocolVersion: v2",
+        "      runtime: kserve-tritonserver",
+        f'      storageUri: "s3://CHANGE-ME/{name}/triton"',
+    ]
+    if gpu:
+        lines += ["      resources:", "        limits:", '          nvidia.com/gpu: "1"']
+    return "\n".join(lines) + "\n"
+
+
 def build(ctx: BuildContext) -> ArtifactResult:
     import onnx
 
@@ -318,6 +358,8 @@ def build(ctx: BuildContext) -> ArtifactResult:
     text = render_config(name, model, spec)
     (folder / "config.pbtxt").write_text(text, encoding="utf-8")
     summary = check_config(text, model, model_name=name, source=f"triton/{name}/config.pbtxt")
+    (ctx.out / KSERVE_MANIFEST).parent.mkdir(parents=True, exist_ok=True)
+    (ctx.out / KSERVE_MANIFEST).write_text(render_inference_service(name, spec), encoding="utf-8")
     timings: dict[str, float] = {}
     timed(timings, "repository", start)
     section = {
@@ -327,6 +369,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
         "model": f"triton/{name}/1/model.onnx",
         "serves": served,
         **({"external_data": [f"triton/{name}/1/{location}" for location in data]} if data else {}),
+        "kserve": KSERVE_MANIFEST,
         **summary,
     }
     return ArtifactResult(
@@ -337,6 +380,8 @@ def build(ctx: BuildContext) -> ArtifactResult:
             f"- `triton/`: Triton model repository; start with `tritonserver --model-repository=triton` "
             f"(model `{name}`, max_batch_size {summary['max_batch_size']}"
             + (f", its weights in `{', '.join(data)}` beside `model.onnx`)" if data else ")"),
+            f"- `{KSERVE_MANIFEST}`: KServe InferenceService for that repository (ONNX, protocol v2); set its "
+            "storageUri and `kubectl apply -f` it. Clients of `onnx-pipeline serve` work against it unchanged",
         ),
     )
 
@@ -349,6 +394,8 @@ def verify_section(manifest: BundleManifest, section: Mapping[str, Any]) -> dict
         config, model_file, name = str(section["config"]), str(section["model"]), str(section["model_name"])
     except KeyError as exc:
         raise BundleError(f"the bundle's triton section lacks {exc}: rebuild the bundle") from None
+    if "kserve" in section:  # bundles built before the KServe manifest have none
+        manifest.path(str(section["kserve"]), what="the KServe InferenceService")
     model = onnx.load(str(manifest.path(model_file, what="the Triton model")), load_external_data=False)
     text = manifest.path(config, what="the Triton config").read_text(encoding="utf-8", errors="replace")
     return check_config(text, model, model_name=name, source=config)

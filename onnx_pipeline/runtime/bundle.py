@@ -271,6 +271,12 @@ class Bundle:
             return None
         return self.labels[class_id]
 
+    def label(self, probabilities: np.ndarray, top_k: int = 5, source: str = "<image>") -> Prediction:
+        """The prediction for one image's row of ``probabilities()``, as ``predict`` builds it (for servers)."""
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, not {top_k}")
+        return self._prediction(source, np.asarray(probabilities).reshape(-1), top_k)
+
     def _prediction(self, source: str, probs: np.ndarray, top_k: int) -> Prediction:
         if self.labels is not None and len(self.labels) != len(probs):
             logger.warning("the bundle has %d labels but the model gives %d classes", len(self.labels), len(probs))
