@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/vgg16
 
-.PHONY: setup demo test lint bench clean quark-venv
+.PHONY: setup demo test lint bench clean quark-venv browser
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,14 +37,23 @@ demo: setup
 	$(BIN)/onnx-pipeline verify $(RUN)
 	$(BIN)/onnx-pipeline verify $(RUN)/bundles/cpu-x86_64
 	$(BIN)/onnx-pipeline predict $(RUN)/bundles/cpu-x86_64 runs/photos/chelsea.jpg runs/photos/coffee.jpg --top-k 3
-	$(BIN)/onnx-pipeline bench $(RUN)/bundles/cpu-x86_64 --batch-sizes 1 --seconds 2
+	$(BIN)/onnx-pipeline bench $(RUN)/bundles/cpu-x86_64 --batch-sizes 1 --seconds 2 --json > $(RUN)/bench-cpu.json
+	$(BIN)/onnx-pipeline report $(RUN)/bundles/cpu-x86_64 --bench $(RUN)/bench-cpu.json
 
 lint: setup
 	$(BIN)/ruff check onnx_pipeline tests benchmarks scripts
 	$(BIN)/ruff format --check onnx_pipeline tests benchmarks scripts
 	$(BIN)/mypy onnx_pipeline
 
-test: setup lint
+# Chromium (Debian's package) for the test that renders report.html in a real browser; where it
+# cannot be installed (no apt, not root) that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+		echo "chromium not installed: the browser test of report.html will be skipped"
+
+test: setup lint browser
 	$(MAKE) quark-venv || echo "AMD Quark could not be installed: its agreement test is skipped"
 	$(BIN)/python -m pytest
 

@@ -7,6 +7,7 @@
     api.predict("runs/vgg16/bundles/cpu-x86_64", ["cat.jpg"])
     api.bench("runs/vgg16/bundles/cpu-x86_64", batch_sizes=[1])
     api.serve(["runs/vgg16/bundles/cpu-x86_64"], port=8000)
+    api.report("runs/vgg16/bundles/cpu-x86_64", bench="bench.json")
 
 Each function builds the typed config of its command once and returns the typed result; a
 problem a user can fix raises a ``PipelineError`` (``.exit_code``, ``.result``). ``progress`` is
@@ -328,3 +329,15 @@ def serve_in_background(
     from onnx_pipeline.serve import BackgroundServer
 
     return BackgroundServer(_serve_config(bundles, **options), on_request=on_request)
+
+
+def report(path: str | Path, *, bench: str | Path | None = None) -> Path:
+    """(Re)write ``path/report.html`` for a run folder or a bundle; returns its path (``onnx-pipeline report``).
+
+    The folder is read through its manifest with every file hashed. ``bench``: a bench JSON
+    (``onnx-pipeline bench BUNDLE --json > bench.json``) whose latencies the report shows; a bundle is
+    never changed by it (``report.html`` is not among its hashed files).
+    """
+    from onnx_pipeline.report_html import write_report
+
+    return write_report(Path(path), bench=Path(bench) if bench is not None else None)

@@ -764,6 +764,32 @@ def serve(
         err.print("stopped: every accepted request was answered")
 
 
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="A run folder or a bundle folder (RUN/bundles/TARGET).")],
+    bench_json: Annotated[
+        Path | None,
+        typer.Option("--bench", help="A bench result to include (onnx-pipeline bench BUNDLE --json > bench.json)."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """(Re)write PATH/report.html: one self-contained page with the verdict, figures and plots; prints its path.
+
+    Examples:
+
+        onnx-pipeline report runs/vgg16
+
+        onnx-pipeline bench runs/vgg16/bundles/cpu-x86_64 --json > bench.json
+
+        onnx-pipeline report runs/vgg16/bundles/cpu-x86_64 --bench bench.json
+    """
+    from onnx_pipeline import api
+
+    with _errors(debug):
+        written = api.report(path, bench=bench_json)
+    out.print(_escape(str(written)), soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point: SIGTERM and SIGHUP unwind like Ctrl-C (nothing half-written is left)."""
     import signal

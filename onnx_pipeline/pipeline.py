@@ -31,6 +31,7 @@ from onnx_pipeline.manifest import (
 from onnx_pipeline.onnxfile import PROTOBUF_LIMIT, describe_model, external_data_files, inline_external_data, load_onnx
 from onnx_pipeline.pytorch_stage import References, TorchStage, call_torch, localize_stage, reference_stage, torch_stage
 from onnx_pipeline.report import RunReport, reported, tool_versions
+from onnx_pipeline.report_html import write_report
 from onnx_pipeline.sources import model_config_from_source
 from onnx_pipeline.steps.bundle import BundleResult, SharedInputs, build_bundle
 from onnx_pipeline.steps.check import check_model
@@ -99,6 +100,7 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
             report.timings["total"] = round(report.seconds, 3)
             dataclasses.replace(manifest, timings=dict(report.timings)).write(work)
             _write_report(work, report)
+            write_report(work, check=False)  # report.html: the files were hashed as they were written
     return report
 
 

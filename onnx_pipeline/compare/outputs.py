@@ -14,6 +14,7 @@ import numpy as np
 
 from onnx_pipeline.compare.floor import NoiseFloor, noise_floor
 from onnx_pipeline.config import Tolerances
+from onnx_pipeline.histograms import error_histograms
 
 #: the criteria an output can be judged by (see ``Tolerances``)
 NOISE_FLOOR, SCALE_AWARE, FIXED = "noise-floor", "scale-aware", "fixed"
@@ -47,6 +48,8 @@ class OutputParity:
     #: the error against float64 beside PyTorch float32's own (None without a float64 reference)
     noise: NoiseFloor | None = None
     per_sample_set_max_abs: dict[str, float] = field(default_factory=dict)
+    #: |error| histograms per sample set (``histograms.error_histograms``), for the HTML report
+    error_histograms: dict[str, Any] = field(default_factory=dict)
     #: the noise-floor ratio per sample set (empty without a float64 reference)
     per_sample_set_ratio: dict[str, float] = field(default_factory=dict)
 
@@ -132,6 +135,7 @@ def compare_output(
         noise=noise,
         per_sample_set_max_abs=_per_set_max(diff, references, set_names),
         per_sample_set_ratio=per_set_ratio or {},
+        error_histograms=error_histograms(diff, both, set_names, [r.shape[0] if r.ndim else 1 for r in references]),
     )
 
 

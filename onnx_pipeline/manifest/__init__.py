@@ -23,6 +23,7 @@ top-level keys then, ``artifacts`` now).
 from onnx_pipeline.manifest.folder import (
     BUNDLE_SCHEMA,
     BUNDLE_SCHEMAS,
+    BUNDLE_UNLISTED,
     MANIFEST,
     RUN_SCHEMA,
     RUN_SCHEMAS,
@@ -46,6 +47,7 @@ from onnx_pipeline.manifest.types import (
 __all__ = [
     "BUNDLE_SCHEMA",
     "BUNDLE_SCHEMAS",
+    "BUNDLE_UNLISTED",
     "MANIFEST",
     "RUN_SCHEMA",
     "RUN_SCHEMAS",

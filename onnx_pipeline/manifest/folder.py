@@ -19,6 +19,9 @@ RUN_SCHEMAS = ("onnx-pipeline/run/1", RUN_SCHEMA)
 BUNDLE_SCHEMAS = ("onnx-pipeline/bundle/1", BUNDLE_SCHEMA)
 #: files of a run folder that ``files`` does not list: the manifest itself, reports, and the bundles
 RUN_UNLISTED = ("manifest.json", "report.json", "report.html", "bundles")
+#: files of a bundle that ``files`` does not list: the manifest itself and its HTML report (a view of the
+#: manifest, rewritten by ``onnx-pipeline report`` without changing the bundle's hashes)
+BUNDLE_UNLISTED = ("manifest.json", "report.html")
 
 
 def inside(root: Path, rel: str, *, what: str = "a path") -> Path:

@@ -36,9 +36,10 @@ from onnx_pipeline.bundling.readme import HELDOUT_FILE, bundle_readme
 from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.errors import BundleError, InputError, OutputExistsError, first_line
 from onnx_pipeline.files import atomic_output_dir
-from onnx_pipeline.manifest import BundleManifest, RunManifest, TargetInfo
+from onnx_pipeline.manifest import BUNDLE_UNLISTED, BundleManifest, RunManifest, TargetInfo
 from onnx_pipeline.onnxfile import ModelParts, infer_shapes, load_parts
 from onnx_pipeline.report import tool_versions
+from onnx_pipeline.report_html import write_report
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import HardwareTarget
 
@@ -196,7 +197,7 @@ def build_bundle(
             target=target.name,
             bundle_dir=out_path,
             models=models,
-            files=hasher.digests(exclude=("manifest.json",)),
+            files=hasher.digests(exclude=BUNDLE_UNLISTED),
             calibration=ctx.data.calibration_info,
             heldout={**ctx.data.heldout_info, "file": HELDOUT_FILE},
             artifacts={r.kind: r.section for r in results if r.section is not None},
@@ -210,6 +211,7 @@ def build_bundle(
                 result=result,
             )
         _manifest(target, run, ctx, result, default).write(tmp)
+        write_report(tmp, check=False)  # just written and hashed: not read again
     log.info("bundle %s written to %s", target.name, out_path)
     return result
 

@@ -18,7 +18,7 @@ from onnx_pipeline.artifacts import available_kinds, load_builder
 from onnx_pipeline.artifacts.base import run_batches
 from onnx_pipeline.bundling.fidelity import FidelityResult, judge
 from onnx_pipeline.errors import BundleError, InputError, IntegrityError, first_line
-from onnx_pipeline.manifest import MANIFEST, BundleManifest
+from onnx_pipeline.manifest import BUNDLE_UNLISTED, MANIFEST, BundleManifest
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.steps.bundle import fidelity_summary
 from onnx_pipeline.targets import FidelityThresholds
@@ -64,7 +64,7 @@ def verify_bundle(bundle_dir: Path) -> BundleVerifyResult:
         manifest = BundleManifest.read(bundle_dir)
     except IntegrityError as exc:
         raise BundleError(f"bundle {bundle_dir} is damaged: {exc.message}") from None
-    listed = set(manifest.files) | {MANIFEST}
+    listed = set(manifest.files) | set(BUNDLE_UNLISTED)
     unlisted = tuple(sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()))
     unlisted = tuple(p for p in unlisted if p not in listed)
     checks = _artifact_checks(manifest)

@@ -16,7 +16,7 @@ from onnx_pipeline.bundling.fidelity import judge, output_figures
 from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.errors import BundleError, InputError, OutputExistsError
 from onnx_pipeline.files import sha256_file, to_jsonable
-from onnx_pipeline.manifest import content_digest
+from onnx_pipeline.manifest import BUNDLE_UNLISTED, content_digest
 from onnx_pipeline.steps.bundle import BundleResult, build_bundle
 from onnx_pipeline.steps.verify_bundle import verify_bundle
 from onnx_pipeline.targets import FidelityThresholds, load_target
@@ -98,7 +98,7 @@ def test_bundle_builds_and_verifies(bundles: dict[str, BundleResult], name: str)
 def test_manifest_hashes_every_file(bundles: dict[str, BundleResult], name: str) -> None:
     root = bundles[name].bundle_dir
     manifest = json.loads((root / "manifest.json").read_text())
-    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"manifest.json"}
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - set(BUNDLE_UNLISTED)
     assert set(manifest["files"]) == on_disk
     for rel, digest in manifest["files"].items():
         assert sha256_file(root / rel) == digest

@@ -18,6 +18,7 @@ import pytest
 
 from onnx_pipeline import api
 from onnx_pipeline.config import BundleConfig
+from onnx_pipeline.manifest import BUNDLE_UNLISTED
 from onnx_pipeline.onnxfile import infer_shapes
 from onnx_pipeline.runtime.session import SessionSettings, create_session
 from onnx_pipeline.steps.bundle import SharedInputs
@@ -109,6 +110,6 @@ def test_one_call_gives_the_bundles_separate_calls_give(shared_run: Path, photos
         assert _figures(ours) == _figures(theirs), target
         # every file is listed with its digest (computed while writing or in the background)
         listed = json.loads((ours / "manifest.json").read_text())["files"]
-        on_disk = {p.relative_to(ours).as_posix() for p in ours.rglob("*") if p.is_file()} - {"manifest.json"}
+        on_disk = {p.relative_to(ours).as_posix() for p in ours.rglob("*") if p.is_file()} - set(BUNDLE_UNLISTED)
         assert set(listed) == on_disk
     assert api.verify(shared_run / "bundles" / "cpu-x86_64").status == "passed"
