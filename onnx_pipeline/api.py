@@ -198,9 +198,13 @@ def bundle(
     heldout_images: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
+    fallback: bool = True,
     progress: Progress = _quiet,
 ) -> RunReport:
-    """Build ``run/bundles/<target>/`` for each target (``onnx-pipeline bundle``)."""
+    """Build ``run/bundles/<target>/`` for each target (``onnx-pipeline bundle``).
+
+    ``fallback=False``: a model that misses its thresholds fails as it is (no layer kept in float).
+    """
     from onnx_pipeline.pipeline import run_bundle
 
     config = BundleConfig(
@@ -208,6 +212,7 @@ def bundle(
         heldout_images=Path(heldout_images) if heldout_images else None,
         seed=seed,
         force=force,
+        fallback=fallback,
     )
     return run_bundle(Path(run), list(targets), config, progress=progress)
 

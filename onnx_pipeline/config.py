@@ -153,6 +153,8 @@ class PipelineConfig:
     #: hardware targets to bundle for after export (names or TOML paths)
     targets: tuple[str, ...] = ()
     calibration_images: Path | None = None
+    #: a bundle model that misses its thresholds keeps its most sensitive layers in float (``--no-fallback``)
+    fallback: bool = True
     #: run the PyTorch side (load, references, export) in a process of its own, see
     #: pipeline.torch_stage. The CLI does; in a script it needs the `if __name__ == "__main__":` guard.
     isolate_torch: bool = False
@@ -171,7 +173,7 @@ _SECTIONS: dict[str, type] = {
     "verify": VerifyConfig,
     "tolerances": Tolerances,
 }
-_TOP_LEVEL = {"output", "force", "run_verify", "targets", "calibration_images", "isolate_torch"}
+_TOP_LEVEL = {"output", "force", "run_verify", "targets", "calibration_images", "isolate_torch", "fallback"}
 
 
 def _coerce(section: str, key: str, value: Any) -> Any:
@@ -299,6 +301,8 @@ class BundleConfig:
     synthetic_samples: int = 16
     seed: int = 0
     force: bool = False
+    #: keep the most sensitive layers of a model that misses its thresholds in float (the profile's budget)
+    fallback: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:

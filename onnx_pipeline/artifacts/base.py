@@ -110,6 +110,8 @@ class BuildContext:
     built: Mapping[str, ArtifactResult] = field(default_factory=dict)
     #: the run's fp32 model as stored (batch as exported); the same object as ``parts`` when it is
     run_parts: ModelParts | None = None
+    #: a lowered model that misses its thresholds keeps its most sensitive layers in float (``--no-fallback``: off)
+    fallback: bool = True
 
     @property
     def model(self) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from onnx_pipeline.artifacts._fallback import LoweredModel, sensitivity_and_fallback
 from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, timed
 from onnx_pipeline.errors import BundleError, first_line
 from onnx_pipeline.onnxfile import ModelParts, split_model, strip, write_model
@@ -164,12 +165,17 @@ def build(ctx: BuildContext) -> ArtifactResult:
         ctx.out / FILE, what="the fp16 model (add the failing op to [fp16] op_block_list in the target profile)"
     )
     model = ctx.check(FILE, SPEC.kind, SPEC.precision, session=session)
+    del session
+    lowered = LoweredModel(FILE, SPEC.kind, SPEC.precision, ctx.parts, ctx.thresholds(SPEC.precision), half=True)
+    repair = sensitivity_and_fallback(ctx, lowered, model)
+    section.update(repair.section)
     where = f" (weights in `{written.data_file}`)" if written.data_file else ""
     return ArtifactResult(
         kind=SPEC.kind,
-        models=(model,),
+        models=(repair.model,),
         section=section,
-        timings=timings,
-        readme=(f"- `{FILE}`: fp16 inside, fp32 inputs and outputs ({section['casts']} casts){where}",),
-        hashes=written.hashes(ctx.out),
+        timings={**timings, **repair.timings},
+        readme=(f"- `{FILE}`: fp16 inside, fp32 inputs and outputs ({section['casts']} casts){where}"
+                + (f"; {len(repair.kept)} layer(s) kept in float32" if repair.kept else ""),),
+        hashes=repair.hashes or written.hashes(ctx.out),
     )

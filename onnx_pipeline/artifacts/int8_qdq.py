@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from onnx_pipeline.artifacts._fallback import LoweredModel, sensitivity_and_fallback
 from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec
 from onnx_pipeline.onnxfile import ModelParts, split_model, write_model
 from onnx_pipeline.runtime.session import create_session
@@ -291,16 +292,19 @@ def build(ctx: BuildContext) -> ArtifactResult:
     written = write_model(quantized, ctx.out / FILE)
     del quantized
     model = ctx.check(FILE, SPEC.kind, SPEC.precision)
-    section = {"file": FILE, **result.settings, "quantized_tensors": result.quantized_nodes}
+    lowered = LoweredModel(FILE, SPEC.kind, SPEC.precision, ctx.parts, ctx.thresholds(SPEC.precision))
+    repair = sensitivity_and_fallback(ctx, lowered, model)
+    section = {"file": FILE, **result.settings, "quantized_tensors": result.quantized_nodes, **repair.section}
     synthetic = bool(ctx.data.calibration_info and ctx.data.calibration_info.get("synthetic"))
     return ArtifactResult(
         kind=SPEC.kind,
-        models=(model,),
+        models=(repair.model,),
         section=section,
-        timings={"calibrate": result.seconds_calibrate, "quantize": result.seconds_quantize},
-        hashes=written.hashes(ctx.out),
+        timings={"calibrate": result.seconds_calibrate, "quantize": result.seconds_quantize, **repair.timings},
+        hashes=repair.hashes or written.hashes(ctx.out),
         readme=(
             f"- `{FILE}`: int8 static QDQ, per-channel weights"
+            + (f" ({len(repair.kept)} layer(s) kept in float32 to meet the thresholds)" if repair.kept else "")
             + (" — **calibrated on SYNTHETIC data; rebuild with calibration images**" if synthetic else ""),
         ),
     )

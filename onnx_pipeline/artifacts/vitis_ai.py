@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from onnx_pipeline.artifacts._fallback import LoweredModel, sensitivity_and_fallback
 from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, run_batches
 from onnx_pipeline.bundling.fidelity import judge
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.files import sha256_file, to_jsonable, write_json
+from onnx_pipeline.onnxfile import load_parts
 from onnx_pipeline.runtime.session import SessionSettings, create_session
 from onnx_pipeline.targets import DpuSpec, FidelityThresholds
 
@@ -44,7 +46,9 @@ def thresholds(ctx: BuildContext, spec: DpuSpec) -> FidelityThresholds:
 
 
 def build(ctx: BuildContext) -> ArtifactResult:
-    from onnx_pipeline.vitis.dpu_report import build_dpu_report
+    import onnx
+
+    from onnx_pipeline.vitis.dpu_report import build_dpu_report, fallback_cost
     from onnx_pipeline.vitis.graph import check_model_file, to_static_opset17, write_model
 
     spec = ctx.target.dpu
@@ -58,19 +62,24 @@ def build(ctx: BuildContext) -> ArtifactResult:
     check_model_file(ctx.out / MODEL_FP32)
     parts.release()
     timings["prepare"] = round(time.perf_counter() - start, 3)
-    report = build_dpu_report(parts.skeleton, spec)
-    write_json(ctx.out / "dpu_report.json", report.to_dict())
-    (ctx.out / "dpu_report.md").write_text(report.to_markdown(), encoding="utf-8")
-    initializers = {t.name for t in parts.skeleton.graph.initializer}
-    input_name = next(i.name for i in parts.skeleton.graph.input if i.name not in initializers)
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(parts.skeleton)  # the fp32 graph: the quantizer rewrites ``parts`` in place
+    initializers = {t.name for t in skeleton.graph.initializer}
+    input_name = next(i.name for i in skeleton.graph.input if i.name not in initializers)
     result, quant_summary = _quantize(ctx, parts, timings)
     del parts  # its int8 weights are in the file now: not kept beside the sessions that judge it
-    float_fidelity = _float_fidelity(ctx, spec, input_name, result)
-    write_json(ctx.out / "fidelity.json", float_fidelity)
-    provider = _write_side_files(ctx, spec, input_name, report)
     # Judged like every bundle model: against the run's fp32 reference, on the plain CPU session
     # ``verify BUNDLE`` re-runs, with the DPU's thresholds.
     model = ctx.check(MODEL_QDQ, SPEC.kind, SPEC.precision, thresholds=thresholds(ctx, spec))
+    lowered = LoweredModel(MODEL_QDQ, SPEC.kind, SPEC.precision, load_parts(ctx.out / MODEL_FP32), thresholds(ctx, spec))
+    repair = sensitivity_and_fallback(ctx, lowered, model)
+    timings.update(repair.timings)
+    report = build_dpu_report(skeleton, spec, kept_in_float=repair.kept)
+    write_json(ctx.out / "dpu_report.json", report.to_dict())
+    (ctx.out / "dpu_report.md").write_text(report.to_markdown(), encoding="utf-8")
+    float_fidelity = _float_fidelity(ctx, spec, input_name, result)
+    write_json(ctx.out / "fidelity.json", float_fidelity)
+    provider = _write_side_files(ctx, spec, input_name, report)
     section = {
         "models": {"fp32": MODEL_FP32, "xint8_qdq": MODEL_QDQ},
         "dpu": {
@@ -85,21 +94,25 @@ def build(ctx: BuildContext) -> ArtifactResult:
         "provider": provider,
         "rewrites": list(rewrites),
         "fidelity_float_vs_xint8": float_fidelity,
+        **repair.section,
     }
+    if repair.kept:
+        section["fallback_cost"] = fallback_cost(skeleton, build_dpu_report(skeleton, spec), report)
     if not float_fidelity["passed"]:
         raise BundleError(
             "Vitis AI bundle: the power-of-two model falls short of the fidelity thresholds: "
             + "; ".join(float_fidelity["failures"]),
             result=section,
         )
+    kept = f"; {len(repair.kept)} layer(s) kept in float32 run on the CPU" if repair.kept else ""
     return ArtifactResult(
         kind=SPEC.kind,
-        models=(model,),
+        models=(repair.model,),
         section=section,
         timings=timings,
         readme=(
             f"- `{MODEL_QDQ}`: power-of-two XINT8 QDQ for {spec.name} ({spec.board}); `{MODEL_FP32}`: its float "
-            "source (static batch 1, opset 17); see `VITIS_AI_NOTES.md` and `dpu_report.md`",
+            f"source (static batch 1, opset 17); see `VITIS_AI_NOTES.md` and `dpu_report.md`{kept}",
         ),
     )
 

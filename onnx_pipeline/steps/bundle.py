@@ -254,6 +254,7 @@ def _context(
         output_names=tuple(o.name for o in parts.skeleton.graph.output),
         dynamic_batch=dynamic,
         run_parts=shared.parts(dynamic=run.dynamic_batch),
+        fallback=config.fallback,
     )
 
 

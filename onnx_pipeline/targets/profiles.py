@@ -29,6 +29,7 @@ from onnx_pipeline.targets.types import (
     DpuSpec,
     ExecutionProvider,
     FidelityThresholds,
+    FallbackSpec,
     Fp16Spec,
     HardwareTarget,
     NpuSpec,
@@ -108,6 +109,7 @@ _TOP_KEYS = {
     "dpu",
     "npu",
     "references",
+    "fallback",
 }
 
 
@@ -233,6 +235,7 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
         dpu=dpu,
         npu=npu,
         references=top.get_list("references", str, ()),
+        fallback=_parse_fallback(top.table("fallback")),
     )
 
 
@@ -338,6 +341,16 @@ def _parse_quantization(table: _Table | None) -> QuantizationSpec | None:
         symmetric_activations=table.get("symmetric_activations", bool, False),
         max_calibration_samples=samples,
     )
+
+
+def _parse_fallback(table: _Table | None) -> FallbackSpec:
+    if table is None:
+        return FallbackSpec()
+    table.refuse_unknown({"max_float_layers_fraction"})
+    fraction = table.get("max_float_layers_fraction", float, FallbackSpec.max_float_layers_fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise table.fail(f"'{table.key_path('max_float_layers_fraction')}' must be between 0 and 1, got {fraction}")
+    return FallbackSpec(max_float_layers_fraction=fraction)
 
 
 def _parse_fp16(table: _Table | None) -> Fp16Spec | None:

@@ -198,6 +198,14 @@ class Fp16Spec:
 
 
 @dataclass(frozen=True)
+class FallbackSpec:
+    """Automatic fallback: how much of a lowered model may be kept in float32 to meet its thresholds."""
+
+    #: most lowered layers kept in float, as a fraction of them (at least one when above 0; 0 turns it off)
+    max_float_layers_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
 class TritonSpec:
     """How the Triton model repository is written."""
 
@@ -232,6 +240,7 @@ class HardwareTarget:
     dpu: DpuSpec | None = None
     npu: NpuSpec | None = None
     references: tuple[str, ...] = ()
+    fallback: FallbackSpec = field(default_factory=FallbackSpec)
 
     def table(self, name: str) -> Any:
         """The parsed optional table ``name`` of the profile (``quantization``, ``dpu``, ...), or None."""

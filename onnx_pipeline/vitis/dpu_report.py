@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 from onnx_pipeline.targets import DpuSpec
@@ -52,14 +53,21 @@ class DpuReport:
     def on_cpu(self) -> tuple[NodePlacement, ...]:
         return tuple(n for n in self.nodes if n.device == CPU)
 
+    @property
+    def dpu_subgraphs(self) -> int:
+        """Runs of consecutive DPU nodes in graph order (each a DPU subgraph, with a CPU hand-over between)."""
+        devices = [n.device for n in self.nodes if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+        return sum(1 for i, d in enumerate(devices) if d == DPU and (i == 0 or devices[i - 1] != DPU))
+
     def summary(self) -> dict[str, Any]:
-        """Counts per device, and the CPU nodes with their rules."""
+        """Counts per device, the DPU subgraphs, and the CPU nodes with their rules."""
         return {
             "dpu": self.dpu,
             "board": self.board,
             "nodes": len(self.nodes),
             "on_dpu": sum(n.device == DPU for n in self.nodes),
             "on_cpu": len(self.on_cpu),
+            "dpu_subgraphs": self.dpu_subgraphs,
             "cpu_nodes": [{"name": n.name, "op_type": n.op_type, "rule": n.rule} for n in self.on_cpu],
         }
 
@@ -76,7 +84,8 @@ class DpuReport:
         lines = [
             f"# DPU operator report: {self.dpu} on {self.board}",
             "",
-            f"{s['on_dpu']} of {s['nodes']} nodes predicted on the DPU, {s['on_cpu']} on the CPU.",
+            f"{s['on_dpu']} of {s['nodes']} nodes predicted on the DPU, {s['on_cpu']} on the CPU, "
+            f"in {s['dpu_subgraphs']} DPU subgraph(s).",
             'Rules: UG1414 (Vitis AI 3.5) "Currently Supported Operators" for this DPU; the compiler decides.',
             "",
             "| # | node | op | device | rule | detail |",
@@ -224,10 +233,54 @@ def _clip_is_relu6(node: Any, consts: set[str]) -> bool:
     return len(node.input) >= 3 and node.input[1] in consts and node.input[2] in consts
 
 
-def build_dpu_report(model: Any, spec: DpuSpec) -> DpuReport:
-    """Place every node of ``model`` (static shapes inferred) for ``spec``."""
+def build_dpu_report(model: Any, spec: DpuSpec, *, kept_in_float: Collection[str] = ()) -> DpuReport:
+    """Place every node of ``model`` (static shapes inferred) for ``spec``.
+
+    ``kept_in_float``: nodes the automatic fallback keeps in float32: the DPU runs integers only, so they
+    run on the CPU (rule ``kept-in-float``), splitting the DPU subgraph they were in.
+    """
     shape = shapes(model)
     consts = {i.name for i in model.graph.initializer}
     producer = {t: n for n in model.graph.node for t in n.output}
     placements = tuple(place_node(n, spec, shape, consts, producer) for n in model.graph.node)
+    kept = set(kept_in_float)
+    placements = tuple(
+        NodePlacement(p.name, p.op_type, CPU, "kept-in-float", "kept in float32 by the automatic fallback")
+        if p.name in kept
+        else p
+        for p in placements
+    )
     return DpuReport(dpu=spec.name, board=spec.board, nodes=placements)
+
+
+def fallback_cost(model: Any, before: DpuReport, after: DpuReport) -> dict[str, Any]:
+    """What keeping layers in float costs on the board: the work moved to the CPU and the extra DPU subgraphs."""
+    shape = shapes(model)
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    moved = {p.name for p in after.nodes if p.rule == "kept-in-float"}
+    total = moved_flops = 0
+    for node in model.graph.node:
+        flops = _macs(node, shape, dims) * 2
+        total += flops
+        if node.name in moved:
+            moved_flops += flops
+    return {
+        "layers_on_cpu": len(moved),
+        "flops_on_cpu": moved_flops,
+        "flops_fraction_on_cpu": moved_flops / total if total else 0.0,
+        "dpu_subgraphs_before": before.dpu_subgraphs,
+        "dpu_subgraphs_after": after.dpu_subgraphs,
+        "note": "each layer kept in float runs on the CPU in float32; every extra DPU subgraph adds a "
+        "DPU-to-CPU hand-over (the tensors cross between the DPU's and the CPU's memory)",
+    }
+
+
+def _macs(node: Any, shape: dict[str, tuple[int, ...]], dims: dict[str, tuple[int, ...]]) -> int:
+    """Multiply-accumulates per sample of a Conv/Gemm/MatMul with constant weights (0 for other nodes)."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+        return 0
+    weight, out = dims.get(node.input[1]), shape.get(node.output[0], ())
+    if not weight or len(out) < 2 or not out[1]:
+        return 0
+    per_output = math.prod(weight) // (weight[0] if node.op_type in ("Conv", "ConvTranspose") else out[-1])
+    return int(math.prod(out[1:]) * max(per_output, 1))
