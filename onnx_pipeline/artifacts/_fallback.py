@@ -3,9 +3,8 @@
 After a builder has written and judged its lowered model, ``sensitivity_and_fallback`` ranks its layers
 (``compare.sensitivity``) and, when the model misses its thresholds and the bundle allows it
 (``BuildContext.fallback``), keeps the most sensitive layers in float32 until the thresholds hold or
-the profile's budget (``[fallback] max_float_layers_fraction`` of the lowered layers) is spent: the top
-layer alone first, then the whole budget, then bisection between them for the fewest layers that
-pass. A repaired model replaces the file and is judged again the way ``verify BUNDLE`` judges it.
+the profile's budget (``[fallback] max_float_layers_fraction`` of the lowered layers) is spent: one layer at
+a time, most sensitive first (see ``_search``). A repaired model replaces the file and is judged again the way ``verify BUNDLE`` judges it.
 Without a miss nothing changes but the sensitivity recorded.
 """
 
@@ -31,6 +30,9 @@ from onnx_pipeline.compare.sensitivity import (
 from onnx_pipeline.files import to_jsonable
 from onnx_pipeline.onnxfile import ModelParts, load_parts, write_model
 from onnx_pipeline.targets import FidelityThresholds
+
+#: layers tried at each step of the fallback after the first (by sensitivity rank)
+CANDIDATES = 4
 
 
 @dataclass(frozen=True)
@@ -122,30 +124,40 @@ def _sensitivity(ctx: BuildContext, lowered: LoweredModel, parts: ModelParts) ->
 def _search(
     ctx: BuildContext, lowered: LoweredModel, parts: ModelParts, sensitivity: SensitivityResult, budget: int
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """The fewest top-ranked layers kept in float that pass: 1, then the budget, then bisection."""
+    """Keep layers in float one at a time until the thresholds hold or ``budget`` layers are kept.
+
+    The most sensitive layer first; then, given the layers kept so far, each of the next ``CANDIDATES``
+    by rank is tried and the one that raises the output SQNR most is kept (layers interact: one whose
+    output is quantized again may only help once the layer after it is kept too).
+    """
     ranked = sensitivity.ranked_names()
     runner = VariantRunner(parts, lowered.reference, np.asarray(ctx.data.heldout, np.float32), lowered.half, run_batches)
     trials: list[dict[str, Any]] = []
 
-    def passes(k: int) -> bool:
-        outputs = runner.outputs(ranked[:k])
+    def judged(layers: list[str]) -> FidelityResult:
+        outputs = runner.outputs(layers)
         verdict = judge(lowered.file, lowered.precision, list(ctx.output_names), list(ctx.reference), outputs,
                         lowered.thresholds, ctx.data.description)  # fmt: skip
-        trials.append({"layers": k, "passed": not verdict.failures, **_figures(verdict)})
-        return not verdict.failures
+        trials.append({"layers": layers, "passed": not verdict.failures, **_figures(verdict)})
+        return verdict
 
-    if passes(1):
-        return ranked[:1], trials
-    if budget == 1 or not passes(budget):
-        return [], trials
-    low, high = 1, budget  # low fails, high passes
-    while high - low > 1:
-        middle = (low + high) // 2
-        if passes(middle):
-            high = middle
-        else:
-            low = middle
-    return ranked[:high], trials
+    kept = ranked[:1]
+    if not judged(kept).failures:
+        return kept, trials
+    while len(kept) < budget:
+        candidates = [name for name in ranked if name not in kept][:CANDIDATES]
+        if not candidates:
+            break
+        results = [(judged([*kept, name]), name) for name in candidates]
+        passing = [name for verdict, name in results if not verdict.failures]
+        if passing:
+            return [*kept, passing[0]], trials
+        kept.append(max(results, key=lambda r: _worst_sqnr(r[0]))[1])
+    return [], trials
+
+
+def _worst_sqnr(fidelity: FidelityResult) -> float:
+    return min((o.sqnr_db for o in fidelity.outputs), default=-math.inf)
 
 
 def _figures(fidelity: FidelityResult) -> dict[str, Any]:

@@ -126,7 +126,8 @@ def analyse_sensitivity(
     for m in matches:
         row = rows[m.tensor]
         before = [min(rows[i].sqnr_db, _CAP_DB) for i in inputs_of[m.name] if i in rows]
-        drop = (min(before) if before else _CAP_DB) - min(row.sqnr_db, _CAP_DB)
+        # a layer reading the model input has nothing to compare its input with: no drop of its own
+        drop = (min(before) - min(row.sqnr_db, _CAP_DB)) if before else 0.0
         layers.append(LayerSensitivity(m.name, m.op_type, m.tensor, row.module, row.sqnr_db, row.min_cosine, drop))
     base_sqnr, base_cos = output_figures(reference_outputs, runner.outputs([]))
     by_drop = sorted(layers, key=lambda x: -x.sqnr_drop_db)
@@ -135,7 +136,7 @@ def analyse_sensitivity(
         sqnr, cosine = output_figures(reference_outputs, runner.outputs([layer.layer]))
         gain = _gain(sqnr, base_sqnr)
         measured.append(_with(layer, effect=gain, output_sqnr_db=sqnr, output_cosine=cosine))
-    ranked = sorted(measured, key=lambda x: -(x.effect or 0.0)) + by_drop[top:]
+    ranked = sorted(measured, key=lambda x: (-(x.effect or 0.0), -x.sqnr_drop_db)) + by_drop[top:]
     return SensitivityResult(
         model=name,
         metric="effect",
