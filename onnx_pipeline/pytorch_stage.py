@@ -151,10 +151,14 @@ def localize_stage(model_config: ModelConfig, onnx_path: Path, sample: SampleSet
     """Rebuild the PyTorch model and find where ``onnx_path`` first leaves its noise floor on ``sample``."""
     from onnx_pipeline.compare.localize import localize_divergence, unavailable
 
-    loaded = load_model(model_config)
     try:
         return localize_divergence(
-            loaded.module, onnx_path, sample.name, [sample.data], verify.tolerances, providers=verify.providers
+            lambda: load_model(model_config).module,
+            onnx_path,
+            sample.name,
+            [sample.data],
+            verify.tolerances,
+            providers=verify.providers,
         )
     except PipelineError:
         raise

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from onnx_pipeline.artifacts._npu_flow import CACHE_DIR, MAX_STORED_SAMPLES, Flow, model_file, render
+from onnx_pipeline.artifacts._amd import CACHE_DIR, write_calibration
+from onnx_pipeline.artifacts._npu_flow import Flow, model_file, render
 from onnx_pipeline.artifacts.base import BuildContext
 from onnx_pipeline.files import sha256_file, write_json
 from onnx_pipeline.targets import NpuSpec
@@ -33,7 +32,7 @@ _QUARK_TWEAKS = {
 def write_hand_off(ctx: BuildContext, spec: NpuSpec, flow: Flow, input_name: str, report: Any) -> dict[str, Any]:
     """Write every hand-off file; returns the provider options recorded in the manifest."""
     config = spec.quant_config
-    _write_calibration(ctx, input_name)
+    write_calibration(ctx, input_name, "scales")
     preprocessing = ctx.run.preprocessing.to_dict() if ctx.run.preprocessing else None
     write_json(ctx.out / "preprocess.json", {"input_name": input_name, "preprocessing": preprocessing})
     if ctx.run.labels:
@@ -74,31 +73,6 @@ def provider_options(spec: NpuSpec, flow: Flow, config: str, cache_key: str) -> 
         out["xclbin_root"] = "voe-4.0-win_amd64"
         out["note"] += "; xclbin is relative to %RYZEN_AI_INSTALLATION_PATH%/voe-4.0-win_amd64 (Ryzen AI 1.4 layout)"
     return out
-
-
-def _write_calibration(ctx: BuildContext, input_name: str) -> None:
-    assert ctx.data.calibration is not None
-    synthetic = bool(ctx.data.calibration_info and ctx.data.calibration_info.get("synthetic"))
-    folder = ctx.out / "calibration"
-    folder.mkdir(exist_ok=True)
-    stored = np.asarray(ctx.data.calibration[:MAX_STORED_SAMPLES], dtype=np.float32)
-    np.save(folder / "samples.npy", stored)
-    write_json(
-        folder / "manifest.json",
-        {
-            "schema": "onnx-pipeline/vitis-calibration/1",
-            "synthetic": synthetic,
-            "note": "SYNTHETIC calibration data: scales are not representative of real inputs" if synthetic else "",
-            "samples_used": len(ctx.data.calibration),
-            "samples_stored": len(stored),
-            "file": "samples.npy",
-            "shape": list(stored.shape),
-            "dtype": "float32",
-            "layout": "NCHW, preprocessed (see ../preprocess.json)",
-            "input_name": input_name,
-            "sha256": sha256_file(folder / "samples.npy"),
-        },
-    )
 
 
 def _template_values(spec: NpuSpec, flow: Flow, input_name: str) -> dict[str, str]:

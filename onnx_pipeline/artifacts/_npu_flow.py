@@ -20,18 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from onnx_pipeline.artifacts._amd import MODEL_FP32, TEMPLATES
 from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, run_batches
 from onnx_pipeline.bundling.fidelity import judge
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.files import to_jsonable, write_json
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import FidelityThresholds, NpuSpec
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "vitis" / "templates"
-MODEL_FP32 = "model_fp32.onnx"
-#: where the Vitis AI EP caches its compiled model, relative to the bundle
-CACHE_DIR = ".vaip_cache"
-MAX_STORED_SAMPLES = 64
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ EP report puts nodes on the NPU), ``quark_requantize.py``, calibration samples a
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from onnx_pipeline.artifacts._npu_flow import CACHE_DIR, Flow, model_file
+from onnx_pipeline.artifacts._amd import CACHE_DIR
+from onnx_pipeline.artifacts._npu_flow import Flow, model_file
 from onnx_pipeline.artifacts._npu_flow import build as build_flow
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec
+from onnx_pipeline.artifacts.base import BuilderSpec
 from onnx_pipeline.targets import NpuSpec
 
 SPEC = BuilderSpec(
@@ -60,16 +62,10 @@ The BF16 alternative (the float model, converted by the compiler; vitisai_config
 `compile_model.py` exits with status 2 and says AMD's toolchain is missing.{bf16}"""
 
 
-FLOW = Flow(
-    kind=SPEC.kind,
-    title="Ryzen AI (Vitis AI EP)",
-    toolchain_where="run it on a Ryzen AI laptop in the Ryzen AI Software's conda environment (Windows) or its "
-    "Linux build",
-    vitisai_config=vitisai_config,
-    provider_extra=provider_extra,
-    commands=commands,
+#: where compile_model.py can run
+TOOLCHAIN_WHERE = (
+    "run it on a Ryzen AI laptop in the Ryzen AI Software's conda environment (Windows) or its Linux build"
 )
-
-
-def build(ctx: BuildContext) -> ArtifactResult:
-    return build_flow(ctx, FLOW)
+FLOW = Flow(SPEC.kind, "Ryzen AI (Vitis AI EP)", TOOLCHAIN_WHERE, vitisai_config, provider_extra, commands)
+#: the builder: the shared NPU flow with this module's differences
+build = partial(build_flow, flow=FLOW)

@@ -10,11 +10,13 @@ calibration samples, ``preprocess.json``, ``labels.json`` and ``AMD_NPU_README.m
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from onnx_pipeline.artifacts._npu_flow import CACHE_DIR, Flow, model_file
+from onnx_pipeline.artifacts._amd import CACHE_DIR
+from onnx_pipeline.artifacts._npu_flow import Flow, model_file
 from onnx_pipeline.artifacts._npu_flow import build as build_flow
-from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec
+from onnx_pipeline.artifacts.base import BuilderSpec
 from onnx_pipeline.targets import NpuSpec
 
 SPEC = BuilderSpec("vaiml", "int8", order=60, requires=("npu",), calibrated=True, rewrites_opset=True, default_rank=20)
@@ -58,16 +60,10 @@ Copy this folder, with {CACHE_DIR}/, to the VEK385 board running AMD's image, th
 Outside the docker `compile_model.py` exits with status 2 and says AMD's toolchain is missing."""
 
 
-FLOW = Flow(
-    kind=SPEC.kind,
-    title="Vitis AI NPU (VAIML)",
-    toolchain_where="run it inside AMD's Vitis AI docker for Versal AI Edge Series Gen 2 (x86 host) or on the "
-    "VEK385 board image",
-    vitisai_config=vitisai_config,
-    provider_extra=provider_extra,
-    commands=commands,
+#: where compile_model.py can run
+TOOLCHAIN_WHERE = (
+    "run it inside AMD's Vitis AI docker for Versal AI Edge Series Gen 2 (x86 host) or on the VEK385 board image"
 )
-
-
-def build(ctx: BuildContext) -> ArtifactResult:
-    return build_flow(ctx, FLOW)
+FLOW = Flow(SPEC.kind, "Vitis AI NPU (VAIML)", TOOLCHAIN_WHERE, vitisai_config, provider_extra, commands)
+#: the builder: the shared NPU flow with this module's differences
+build = partial(build_flow, flow=FLOW)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from onnx_pipeline.artifacts._amd import CACHE_DIR, MODEL_FP32, TEMPLATES, write_calibration
 from onnx_pipeline.artifacts._fallback import LoweredModel, sensitivity_and_fallback
 from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, BuilderSpec, run_batches
 from onnx_pipeline.bundling.fidelity import judge
@@ -31,12 +32,7 @@ SPEC = BuilderSpec(
     "vitis-ai", "int8", order=60, requires=("dpu",), calibrated=True, rewrites_opset=True, default_rank=20
 )
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "vitis" / "templates"
-MAX_STORED_SAMPLES = 64
-MODEL_FP32 = "model_fp32.onnx"
 MODEL_QDQ = "model_xint8_qdq.onnx"
-#: where the Vitis AI EP caches its compiled model, relative to the folder the board runner runs in
-CACHE_DIR = ".vaip_cache"
 
 
 def thresholds(ctx: BuildContext, spec: DpuSpec) -> FidelityThresholds:
@@ -171,28 +167,7 @@ def _render(template: str, **values: Any) -> str:
 
 
 def _write_side_files(ctx: BuildContext, spec: DpuSpec, input_name: str, report: Any) -> dict[str, Any]:
-    assert ctx.data.calibration is not None
-    synthetic = bool(ctx.data.calibration_info and ctx.data.calibration_info.get("synthetic"))
-    calib_dir = ctx.out / "calibration"
-    calib_dir.mkdir(exist_ok=True)
-    stored = np.asarray(ctx.data.calibration[:MAX_STORED_SAMPLES], dtype=np.float32)
-    np.save(calib_dir / "samples.npy", stored)
-    write_json(
-        calib_dir / "manifest.json",
-        {
-            "schema": "onnx-pipeline/vitis-calibration/1",
-            "synthetic": synthetic,
-            "note": "SYNTHETIC calibration data: positions are not representative of real inputs" if synthetic else "",
-            "samples_used": len(ctx.data.calibration),
-            "samples_stored": len(stored),
-            "file": "samples.npy",
-            "shape": list(stored.shape),
-            "dtype": "float32",
-            "layout": "NCHW, preprocessed (see ../preprocess.json)",
-            "input_name": input_name,
-            "sha256": sha256_file(calib_dir / "samples.npy"),
-        },
-    )
+    write_calibration(ctx, input_name, "positions")
     preprocessing = ctx.run.preprocessing.to_dict() if ctx.run.preprocessing else None
     write_json(ctx.out / "preprocess.json", {"input_name": input_name, "preprocessing": preprocessing})
     if ctx.run.labels:

@@ -43,8 +43,20 @@ class OutputFidelity:
     top1_agreement_all: float = 0.0
 
 
+class Checked:
+    """A result that passed when nothing fell short: ``failures`` empty (JSON: ``passed`` beside the fields)."""
+
+    failures: tuple[str, ...]
+
+    __json_extra__: tuple[str, ...] = ("passed",)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
 @dataclass(frozen=True)
-class FidelityResult:
+class FidelityResult(Checked):
     """One bundle model against the reference, with the thresholds used and what fell short."""
 
     model: str
@@ -56,12 +68,6 @@ class FidelityResult:
     data: str
     #: the execution provider that actually ran the model
     provider: str = "CPUExecutionProvider"
-
-    __json_extra__ = ("passed",)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
 
 
 def output_figures(name: str, reference: np.ndarray, test: np.ndarray) -> OutputFidelity:

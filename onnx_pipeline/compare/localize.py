@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from onnx_pipeline.compare.floor import NoiseFloor, error_stats, noise_floor
 from onnx_pipeline.compare.probe import OnnxProbe, chunks
 from onnx_pipeline.compare.scopes import ModuleTensor, module_tensors
 from onnx_pipeline.config import Tolerances
+from onnx_pipeline.files import release_memory
 
 #: compared layers listed after the first divergence
 CHAIN = 6
@@ -97,7 +98,7 @@ def unavailable(reason: str, sample_set: str, samples: int, rule: str = "noise-f
 
 
 def localize_divergence(
-    module: Any,
+    load_module: Callable[[], Any],
     onnx_path: Path,
     sample_set: str,
     batches: Sequence[np.ndarray],
@@ -106,17 +107,20 @@ def localize_divergence(
     providers: Sequence[str] | None = None,
     float64: bool = True,
 ) -> Localization:
-    """Walk ``onnx_path``'s module tensors in graph order against ``module`` on ``batches``; see the module doc.
+    """Walk ``onnx_path``'s module tensors in graph order against the PyTorch model; see the module doc.
 
-    PyTorch runs once in float32 and once in float64, saving the mapped modules' outputs to a temporary
-    folder as they come; onnxruntime then fetches the ONNX tensors a few at a time, in graph order, and
-    stops a few layers after the first divergence.
+    ``load_module()`` gives the model, held only while PyTorch runs: once in float32 and once in float64
+    on ``batches``, saving the mapped modules' outputs to a temporary folder as they come. The model is
+    then let go (its memory handed back) before onnxruntime fetches the ONNX tensors a few at a time, in
+    graph order, stopping a few layers after the first divergence.
     """
-    from onnx_pipeline.compare.reference import float64_obstacle, module_calls, save_outputs
+    from onnx_pipeline.compare.reference import float64_obstacle, float64_pieces, module_calls, save_outputs
 
     start = time.perf_counter()
     graph = _graph(onnx_path)  # the weights are let go: PyTorch's float64 pass needs the room
-    calls = module_calls(module, batches[0][:1] if len(batches[0]) > 1 and _dynamic(graph) else batches[0])
+    dynamic = _dynamic(graph)
+    module = load_module()
+    calls = module_calls(module, batches[0][:1] if len(batches[0]) > 1 and dynamic else batches[0])
     once = {name for name, (count, shape, _) in calls.items() if count == 1 and shape is not None}
     mapped = [m for m in module_tensors(graph) if m.module in once]
     float64 = float64 and float64_obstacle(module) is None
@@ -125,8 +129,11 @@ def localize_divergence(
     with tempfile.TemporaryDirectory(prefix="onnx-pipeline-localize-") as folder:
         modules = [m.module for m in mapped]
         torch32 = save_outputs(module, modules, batches, Path(folder), float64=False)
-        exact = save_outputs(module, modules, batches, Path(folder), float64=True) if float64 else {}
+        pieces = [float64_pieces(module, b) for b in batches] if dynamic else None
+        exact = save_outputs(module, modules, batches, Path(folder), float64=True, pieces=pieces) if float64 else {}
         mapped = [m for m in mapped if m.module in torch32]
+        del module
+        release_memory()
         probe = OnnxProbe(onnx_path, providers=providers)
         for names in chunks([m.tensor for m in mapped], probe, sum(len(b) for b in batches)):
             layers += _compare_chunk(

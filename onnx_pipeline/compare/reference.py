@@ -44,6 +44,42 @@ def float64_module(module: Any) -> Iterator[Any]:
         module.float()
 
 
+def float64_pieces(module: Any, batch: np.ndarray) -> list[np.ndarray]:
+    """``batch`` as the pieces the float64 pass runs: single samples when that gives the same outputs.
+
+    Float64 convolutions have no oneDNN kernel, and PyTorch's fallback unfolds every sample of a batch
+    at once (VGG16's first layers: ~230 MB per sample). One sample at a time is the same computation only
+    for a model whose samples do not see each other (no branch on a batch statistic, no fixed batch
+    size), so the float32 model is asked first: split and whole must agree, or the batch stays whole.
+    """
+    import torch
+
+    from onnx_pipeline.steps.verify import flatten_outputs
+
+    if batch.ndim == 0 or len(batch) < 2:
+        return [batch]
+    pieces = [batch[i : i + 1] for i in range(len(batch))]
+    try:
+        with torch.inference_mode():
+            whole = flatten_outputs(module(torch.from_numpy(batch)))
+            parts = [flatten_outputs(module(torch.from_numpy(p))) for p in pieces]
+        joined = [torch.cat([part[i] for part in parts]) for i in range(len(whole))]
+    except Exception:  # a model written for its batch size only
+        return [batch]
+    return pieces if all(_agree(a, b) for a, b in zip(whole, joined, strict=True)) else [batch]
+
+
+def _agree(whole: Any, joined: Any) -> bool:
+    import torch
+
+    if whole.shape != joined.shape or whole.dtype != joined.dtype:
+        return False
+    if not whole.is_floating_point():
+        return bool(torch.equal(whole, joined))
+    scale = float(whole.abs().max()) if whole.numel() else 0.0
+    return bool(torch.allclose(whole, joined, rtol=1e-3, atol=1e-4 * scale, equal_nan=True))
+
+
 def compute_reference_float64(module: Any, samples: Sequence[Any]) -> tuple[list[list[np.ndarray]] | None, str | None]:
     """The module's outputs in float64 on the same inputs (``SampleSet``s): (outputs, None) or (None, why not)."""
     import torch
@@ -54,13 +90,16 @@ def compute_reference_float64(module: Any, samples: Sequence[Any]) -> tuple[list
     if obstacle:
         return None, obstacle
     outputs: list[list[np.ndarray]] = []
+    split = {sample.name: float64_pieces(module, sample.data) for sample in samples}
     try:
         with float64_module(module), torch.inference_mode():
             for sample in samples:
-                tensors = flatten_outputs(module(torch.from_numpy(sample.data).double()))
-                if any(t.is_floating_point() and t.dtype != torch.float64 for t in tensors):
+                pieces = [flatten_outputs(module(torch.from_numpy(p).double())) for p in split[sample.name]]
+                if any(t.is_floating_point() and t.dtype != torch.float64 for ts in pieces for t in ts):
                     return None, "the model returns float32 from float64 inputs (it casts inside)"
-                outputs.append([t.detach().numpy().copy() for t in tensors])
+                outputs.append(
+                    [np.concatenate([ts[i].detach().numpy() for ts in pieces]) for i in range(len(pieces[0]))]
+                )
     except Exception as exc:  # any op without a float64 kernel, any dtype clash in the model's code
         return None, f"the model does not run in float64 ({first_line(exc, 160)})"
     return outputs, None
@@ -95,13 +134,20 @@ def module_calls(module: Any, batch: np.ndarray) -> dict[str, tuple[int, tuple[i
 
 
 def save_outputs(
-    module: Any, names: Sequence[str], batches: Sequence[np.ndarray], folder: Path, *, float64: bool
+    module: Any,
+    names: Sequence[str],
+    batches: Sequence[np.ndarray],
+    folder: Path,
+    *,
+    float64: bool,
+    pieces: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> dict[str, list[Path]]:
     """Save the outputs of the submodules ``names`` on every batch to ``folder`` (``.npy``), one at a time.
 
     One forward pass per batch, in float32 or float64; each output is written when its module returns
     (before an in-place op after it could change it), so memory holds one activation at a time
-    whatever the model's size. The pass stops once every wanted module has answered.
+    whatever the model's size. The pass stops once every wanted module has answered. ``pieces``
+    (``float64_pieces`` of each batch) is how the float64 pass cuts the batches.
     """
     import torch
 
@@ -126,15 +172,17 @@ def save_outputs(
     context = float64_module(module) if float64 else contextlib.nullcontext(module)
     try:
         with context, torch.inference_mode():
-            for batch in batches:
-                answered.clear()
-                tensor = torch.from_numpy(batch)
-                with contextlib.suppress(_Enough):
-                    module(tensor.double() if float64 else tensor)
+            for n, batch in enumerate(batches):
+                for piece in pieces[n] if float64 and pieces else [batch]:
+                    answered.clear()
+                    tensor = torch.from_numpy(piece)
+                    with contextlib.suppress(_Enough):
+                        module(tensor.double() if float64 else tensor)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: paths for name, paths in saved.items() if len(paths) == len(batches)}
+    runs = sum(len(p) for p in pieces) if float64 and pieces else len(batches)
+    return {name: paths for name, paths in saved.items() if len(paths) == runs}
 
 
 def load_saved(paths: Sequence[Path]) -> np.ndarray:

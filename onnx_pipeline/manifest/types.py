@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, ClassVar, TypeVar
 from onnx_pipeline.errors import InputError, IntegrityError
 from onnx_pipeline.files import to_jsonable, write_json
 from onnx_pipeline.imagespec import PreprocessSpec
+from onnx_pipeline.manifest.fields import Fields, TensorSpec
 from onnx_pipeline.manifest.folder import (
     BUNDLE_SCHEMA,
     BUNDLE_SCHEMAS,
@@ -30,114 +30,7 @@ _V1_SECTIONS = {"quantization": "int8-qdq", "fp16": "fp16", "triton": "triton", 
 M = TypeVar("M", bound="ManifestBase")
 
 
-# --------------------------------------------------------------------------- field validation
-
-
-class _Fields:
-    """A manifest's raw JSON object being validated: typed getters that name the field in every error."""
-
-    def __init__(self, data: Mapping[str, Any], where: Path) -> None:
-        self.data = data
-        self.where = where
-
-    def fail(self, key: str, wanted: str) -> InputError:
-        return InputError(f"{self.where}: '{key}' must be {wanted}, got {self.data.get(key)!r:.80}: rebuild the folder")
-
-    def get_str(self, key: str, default: Any = ...) -> Any:
-        value = self.data.get(key, default)
-        if value is ... or not (isinstance(value, str) or (value is None and default is None)):
-            raise self.fail(key, "a string")
-        return value
-
-    def get_bool(self, key: str, default: bool = False) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "true or false")
-        return value
-
-    def get_int(self, key: str, default: Any = ...) -> int:
-        value = self.data.get(key, default)
-        if value is ... or isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, "an integer")
-        return value
-
-    def get_obj(self, key: str, *, required: bool = False) -> dict[str, Any] | None:
-        value = self.data.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, dict):
-            raise self.fail(key, "a JSON object")
-        return value
-
-    def get_files(self) -> dict[str, str]:
-        value = self.data.get("files")
-        if not isinstance(value, dict) or not value:
-            raise IntegrityError(f"{self.where} lists no files with their sha256 ('files'): rebuild the folder")
-        for rel, digest in value.items():
-            if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise InputError(f"{self.where}: files[{rel!r}] is not a sha256 digest: rebuild the folder")
-        return dict(value)
-
-    def get_tensors(self, key: str) -> tuple[TensorSpec, ...]:
-        value = self.data.get(key)
-        if not isinstance(value, list) or not value:
-            raise self.fail(key, "a non-empty list of {name, shape, dtype}")
-        out = []
-        for item in value:
-            ok = isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("shape"), list)
-            ok = ok and all(
-                isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)) for d in item["shape"]
-            )
-            if not ok:
-                raise self.fail(key, "a list of {name, shape, dtype}")
-            out.append(TensorSpec(item["name"], tuple(item["shape"]), str(item.get("dtype", "float32"))))
-        return tuple(out)
-
-    def get_labels(self) -> tuple[str, ...] | None:
-        value = self.data.get("labels")
-        if value is None:
-            return None
-        if not isinstance(value, list) or not value:
-            raise self.fail("labels", "a non-empty list of class names")
-        out = []
-        for item in value:
-            # the seed's imagenet_class_index style ["n01440764", "tench"]: keep the readable name
-            if isinstance(item, list) and item and all(isinstance(v, str) for v in item):
-                item = item[-1]
-            if not isinstance(item, str):
-                raise self.fail("labels", "a list of class names (strings)")
-            out.append(item)
-        return tuple(out)
-
-    def get_preprocessing(self) -> PreprocessSpec | None:
-        value = self.data.get("preprocessing")
-        if value is None:
-            return None
-        try:
-            return PreprocessSpec.from_dict(value)
-        except InputError as exc:
-            raise InputError(f"{self.where}: preprocessing: {exc.message}") from None
-
-    def get_floats(self, key: str) -> dict[str, float]:
-        value = self.get_obj(key) or {}
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()):
-            raise self.fail(key, "an object of numbers")
-        return {str(k): float(v) for k, v in value.items()}
-
-
 # --------------------------------------------------------------------------- manifest types
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A graph input or output: name, shape (a dynamic dim is its name) and numpy dtype name."""
-
-    #: the graph's tensor name
-    name: str
-    #: one entry per axis: an int, or the name of a dynamic axis ("batch")
-    shape: tuple[int | str, ...]
-    #: numpy dtype name
-    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -170,7 +63,7 @@ class ModelSource:
     def from_dict(cls, data: Any, where: Path) -> ModelSource:
         if not isinstance(data, dict):
             raise InputError(f"{where}: 'source' must be a JSON object: rebuild the folder")
-        f = _Fields(data, where)
+        f = Fields(data, where)
         kind = f.get_str("kind", "torchvision")
         if kind not in ("torchvision", "builtin", "factory", "torchscript"):
             raise f.fail("kind", "torchvision, builtin, factory or torchscript")
@@ -249,7 +142,7 @@ class ManifestBase:
                 f"{root / MANIFEST} is not a {cls.__name__} (schema {schema!r}; expected one of "
                 f"{', '.join(cls.SCHEMAS)}): give a folder written by onnx-pipeline"
             )
-        manifest = cls._parse(_Fields(data, root / MANIFEST), data)
+        manifest = cls._parse(Fields(data, root / MANIFEST), data)
         manifest = dataclasses.replace(manifest, root=root, digest=digest)
         manifest._validate()
         if check:
@@ -257,11 +150,11 @@ class ManifestBase:
         return manifest
 
     @classmethod
-    def _parse(cls: type[M], f: _Fields, data: Mapping[str, Any]) -> M:
+    def _parse(cls: type[M], f: Fields, data: Mapping[str, Any]) -> M:
         raise NotImplementedError
 
     @staticmethod
-    def _common(f: _Fields) -> dict[str, Any]:
+    def _common(f: Fields) -> dict[str, Any]:
         task = f.get_str("task", "classification") or "classification"
         return {
             "inputs": f.get_tensors("inputs"),
@@ -318,7 +211,7 @@ class RunManifest(ManifestBase):
         return self.path(self.model_file, what="the model")
 
     @classmethod
-    def _parse(cls, f: _Fields, data: Mapping[str, Any]) -> RunManifest:
+    def _parse(cls, f: Fields, data: Mapping[str, Any]) -> RunManifest:
         shape = data.get("input_shape") or []
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
@@ -421,9 +314,9 @@ class BundleManifest(ManifestBase):
         return next(m for m in self.models if m.file == file)
 
     @classmethod
-    def _parse(cls, f: _Fields, data: Mapping[str, Any]) -> BundleManifest:
+    def _parse(cls, f: Fields, data: Mapping[str, Any]) -> BundleManifest:
         target = f.get_obj("target", required=True) or {}
-        tf = _Fields(target, f.where)
+        tf = Fields(target, f.where)
         models = data.get("models")
         if not isinstance(models, list) or not models:
             raise f.fail("models", "a non-empty list of {file, kind, precision}")
@@ -483,7 +376,7 @@ def _check_session_options(options: Mapping[str, Any], root: Path | None) -> Non
         raise InputError(f"{root}/{MANIFEST}: session_options are malformed: rebuild the bundle")
 
 
-def _providers(value: Any, f: _Fields) -> list[dict[str, Any]]:
+def _providers(value: Any, f: Fields) -> list[dict[str, Any]]:
     """Execution providers as [{name, options}] (names and [name, options] pairs of older manifests read too)."""
     out = []
     for entry in value or []:
@@ -500,10 +393,10 @@ def _providers(value: Any, f: _Fields) -> list[dict[str, Any]]:
     return out
 
 
-def _model_record(item: Any, f: _Fields) -> ModelRecord:
+def _model_record(item: Any, f: Fields) -> ModelRecord:
     if not isinstance(item, dict):
         raise f.fail("models", "a list of {file, kind, precision}")
-    m = _Fields(item, f.where)
+    m = Fields(item, f.where)
     file = m.get_str("file")
     external = item.get("external_data") or ()
     external = (external,) if isinstance(external, str) else external

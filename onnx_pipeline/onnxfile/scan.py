@@ -34,7 +34,8 @@ def _varint(buf: Any, pos: int) -> tuple[int, int]:
             raise ValueError("malformed varint")
 
 
-def _encode(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -80,7 +81,7 @@ def _fields(buf: Any, start: int, end: int) -> Iterator[_Field]:
 
 
 def _key(number: int, length: int) -> bytes:
-    return _encode((number << 3) | 2) + _encode(length)
+    return varint((number << 3) | 2) + varint(length)
 
 
 def _tensor(buf: Any, field: _Field, min_elements: int) -> tuple[bytes, tuple[int, int] | None]:

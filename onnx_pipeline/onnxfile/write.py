@@ -27,6 +27,7 @@ import numpy as np
 
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.onnxfile.parts import mapping_of, release_mapping, tensor_header
+from onnx_pipeline.onnxfile.scan import varint
 
 #: protobuf cannot serialise a single message over 2 GiB: bigger models must use external data
 PROTOBUF_LIMIT = 2**31 - 1
@@ -39,19 +40,6 @@ _PAGE = 4096
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 _TENSOR_RAW_DATA = 9  # TensorProto.raw_data
-
-
-def varint(value: int) -> bytes:
-    """Protobuf's base-128 varint encoding of a non-negative integer."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _key(number: int, length: int) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnx_pipeline.bench.table import BENCH_COLUMNS
 from onnx_pipeline.errors import InputError
 from onnx_pipeline.report_html import plots
 from onnx_pipeline.report_html.data import finite, integer, items, obj, text
@@ -106,19 +107,7 @@ def bench_section(bench: BenchData | None, folder: Path) -> Html:
         plots.Latency(f"{r.model} ({r.backend})", r.batch, r.p50, r.p90, r.p99, r.floor, r.roofline) for r in bench.rows
     ]
     body.append(image(plots.latency(latencies), "latency percentiles per batch size"))
-    headers = (
-        "backend",
-        "model",
-        "batch",
-        "runs",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "images/s",
-        "floor ms",
-        "× floor",
-        "× roofline",
-    )
+    headers = BENCH_COLUMNS[:11]  # up to × roofline: the comparisons are plotted beside
     rows = [
         [
             r.backend,

@@ -31,6 +31,7 @@ from onnx_pipeline.artifacts.base import (
     run_batches,
 )
 from onnx_pipeline.bundling.data import prepare_data
+from onnx_pipeline.bundling.fidelity import Checked
 from onnx_pipeline.bundling.hashing import FileHasher
 from onnx_pipeline.bundling.readme import HELDOUT_FILE, bundle_readme
 from onnx_pipeline.config import BundleConfig
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BundleResult:
+class BundleResult(Checked):
     """What ``build_bundle`` wrote (or, on failure, would have written) and every figure measured."""
 
     target: str
@@ -62,10 +63,6 @@ class BundleResult:
     failures: tuple[str, ...] = ()
 
     __json_extra__ = ("passed", "summary")
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
 
     @property
     def summary(self) -> str:

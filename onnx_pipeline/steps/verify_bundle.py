@@ -16,7 +16,7 @@ import numpy as np
 
 from onnx_pipeline.artifacts import available_kinds, load_builder
 from onnx_pipeline.artifacts.base import run_batches
-from onnx_pipeline.bundling.fidelity import FidelityResult, judge
+from onnx_pipeline.bundling.fidelity import Checked, FidelityResult, judge
 from onnx_pipeline.errors import BundleError, InputError, IntegrityError, first_line
 from onnx_pipeline.manifest import BUNDLE_UNLISTED, MANIFEST, BundleManifest
 from onnx_pipeline.runtime.session import create_session
@@ -25,7 +25,7 @@ from onnx_pipeline.targets import FidelityThresholds
 
 
 @dataclass(frozen=True)
-class BundleVerifyResult:
+class BundleVerifyResult(Checked):
     """A bundle re-checked on disk: hashes, artifact checks, and fidelity re-run."""
 
     bundle_dir: Path
@@ -39,10 +39,6 @@ class BundleVerifyResult:
     failures: tuple[str, ...] = ()
 
     __json_extra__ = ("passed", "summary")
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
 
     @property
     def summary(self) -> str:

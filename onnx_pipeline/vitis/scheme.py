@@ -62,48 +62,20 @@ class QuantScheme:
         return "com.microsoft" if self.activation_bits == 16 else ""
 
 
-XINT8 = QuantScheme(
-    name="XINT8",
-    activation_bits=8,
-    scale_rule="pow2",
-    calibration="minmse",
-    int32_bias=False,
-    fuse_activations=True,
-    dpu_shifts=True,
-    description="int8 symmetric, power-of-two scales (MinMSE), DPU/NPU-CNN constraints",
-)
-VINT8 = QuantScheme(
-    name="VINT8",
-    activation_bits=8,
-    scale_rule="pow2",
-    calibration="minmse",
-    int32_bias=False,
-    fuse_activations=False,
-    dpu_shifts=False,
-    description="int8 symmetric, power-of-two scales (MinMSE), a QDQ pair on every tensor (VAIML)",
-)
-A8W8 = QuantScheme(
-    name="A8W8",
-    tie_layout_ops=False,
-    activation_bits=8,
-    scale_rule="float",
-    calibration="minmax",
-    int32_bias=True,
-    fuse_activations=True,
-    dpu_shifts=False,
-    description="int8 symmetric activations and weights, float scales (MinMax), int32 bias",
-)
-A16W8 = QuantScheme(
-    name="A16W8",
-    tie_layout_ops=False,
-    activation_bits=16,
-    scale_rule="float",
-    calibration="minmax",
-    int32_bias=True,
-    fuse_activations=True,
-    dpu_shifts=False,
-    description="int16 symmetric activations, int8 weights, float scales (MinMax), int32 bias",
-)
+#: the four configurations, one row each in QuantScheme's field order
+XINT8, VINT8, A8W8, A16W8 = (
+    QuantScheme(*row)
+    for row in (
+        ("XINT8", 8, "pow2", "minmse", False, True, True,
+         "int8 symmetric, power-of-two scales (MinMSE), DPU/NPU-CNN constraints"),
+        ("VINT8", 8, "pow2", "minmse", False, False, False,
+         "int8 symmetric, power-of-two scales (MinMSE), a QDQ pair on every tensor (VAIML)"),
+        ("A8W8", 8, "float", "minmax", True, True, False,
+         "int8 symmetric activations and weights, float scales (MinMax), int32 bias", False),
+        ("A16W8", 16, "float", "minmax", True, True, False,
+         "int16 symmetric activations, int8 weights, float scales (MinMax), int32 bias", False),
+    )
+)  # fmt: skip
 SCHEMES = {s.name: s for s in (XINT8, VINT8, A8W8, A16W8)}
 #: the float configuration: the compiler converts the fp32 model to bfloat16 itself
 BF16 = "BF16"

@@ -18,48 +18,27 @@ def vitis_target(dpu: DpuSpec, **fields: Any) -> Any:
     return dataclasses.replace(load_target("vitis-ai-zcu102"), dpu=dpu, **fields)
 
 
+def _profile_dpu(board: str) -> DpuSpec:
+    from onnx_pipeline.targets import load_target
+
+    dpu = load_target(f"vitis-ai-{board}").dpu
+    assert dpu is not None
+    return dpu
+
+
 def zcu102() -> DpuSpec:
-    """DPUCZDX8G_ISA1_B4096 as in hardware/vitis-ai-zcu102.toml."""
-    return DpuSpec(
-        name="DPUCZDX8G_ISA1_B4096",
-        family="DPUCZDX8G",
-        board="ZCU102",
-        flow="vai_c_xir",
-        channel_parallel=16,
-        bank_depth=2048,
-        arch_json="/opt/vitis_ai/compiler/arch/DPUCZDX8G/ZCU102/arch.json",
-        conv_stride=(1, 8),
-    )
+    """DPUCZDX8G_ISA1_B4096 (stride 1..8), as hardware/vitis-ai-zcu102.toml defines it."""
+    return _profile_dpu("zcu102")
 
 
 def vck190() -> DpuSpec:
-    """DPUCVDX8G_ISA3_C32B3 (stride 1..4)."""
-    return DpuSpec(
-        name="DPUCVDX8G_ISA3_C32B3",
-        family="DPUCVDX8G",
-        board="VCK190",
-        flow="vai_c_xir",
-        channel_parallel=16,
-        bank_depth=8192,
-        arch_json="/opt/vitis_ai/compiler/arch/DPUCVDX8G/VCK190/arch.json",
-        conv_stride=(1, 4),
-        depthwise_stride=(1, 4),
-    )
+    """DPUCVDX8G_ISA3_C32B3 (stride 1..4, depthwise stride 1..4)."""
+    return _profile_dpu("vck190")
 
 
 def vek280() -> DpuSpec:
     """DPUCV2DX8G with UG1414's 256*kh*kw <= 13760 rule."""
-    return DpuSpec(
-        name="DPUCV2DX8G_ISA1_C20B1",
-        family="DPUCV2DX8G",
-        board="VEK280",
-        flow="vitis-ai-ep",
-        channel_parallel=32,
-        bank_depth=65528,
-        arch_json="/opt/vitis_ai/compiler/arch/DPUCV2DX8G/VEK280/arch.json",
-        conv_kernel_area_limit=13760,
-        vaip_config="/etc/vaip_config.json",
-    )
+    return _profile_dpu("vek280")
 
 
 def conv_model(

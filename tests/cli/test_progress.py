@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from onnx_pipeline import cli
+from onnx_pipeline.cli import app, output
+from onnx_pipeline.cli.output import progress_display
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:
@@ -21,9 +22,9 @@ def _console(terminal: bool) -> tuple[Console, io.StringIO]:
 def test_bars_name_every_stage_and_finish_it(monkeypatch: pytest.MonkeyPatch) -> None:
     err, sink = _console(terminal=True)
     out, _ = _console(terminal=True)
-    monkeypatch.setattr(cli, "err", err)
-    monkeypatch.setattr(cli, "out", out)
-    with cli._progress(True, bars=True) as step:
+    monkeypatch.setattr(output, "err", err)
+    monkeypatch.setattr(output, "out", out)
+    with progress_display(True, bars=True) as step:
         step("export")
         step("bundle cuda: fp16")
     text = sink.getvalue()
@@ -37,9 +38,9 @@ def test_no_bars_under_json_or_when_stdout_is_piped(
 ) -> None:
     err, sink = _console(terminal=True)
     out, _ = _console(terminal=stdout_terminal)
-    monkeypatch.setattr(cli, "err", err)
-    monkeypatch.setattr(cli, "out", out)
-    with cli._progress(enabled, bars=True) as step:
+    monkeypatch.setattr(output, "err", err)
+    monkeypatch.setattr(output, "out", out)
+    with progress_display(enabled, bars=True) as step:
         step("export")
     assert "━" not in sink.getvalue()
 
@@ -49,6 +50,6 @@ def test_bundle_with_progress_and_json_prints_only_json(tiny_run: Path, tmp_path
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    result = CliRunner().invoke(cli.app, ["bundle", str(run), "-t", "cuda", "--progress", "--json"])
+    result = CliRunner().invoke(app, ["bundle", str(run), "-t", "cuda", "--progress", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "passed"

@@ -9,10 +9,10 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from onnx_pipeline.cli import app
+from tests.helpers import HARDWARE
 from tests.helpers import assert_user_error as _assert_user_error
 
 runner = CliRunner()
-HARDWARE = Path(__file__).resolve().parent.parent / "hardware"
 
 
 def test_targets_lists_every_profile() -> None:
