@@ -69,11 +69,13 @@ def export(
     force: bool = False,
     isolate: bool = False,
     rescale_random: bool = True,
+    fallback: bool = True,
     progress: Progress = _quiet,
 ) -> RunReport:
     """Export, check, simplify and verify ``model`` into the run folder ``output`` (``onnx-pipeline export``).
 
-    ``model`` defaults to the config file's ``[model] model``, else vgg16.
+    ``model`` defaults to the config file's ``[model] model``, else vgg16. ``fallback=False``: a bundle
+    model that misses its thresholds fails as it is (no layer kept in float).
     """
     from onnx_pipeline.artifacts import rewrites_opset
     from onnx_pipeline.pipeline import load_targets, run_export
@@ -89,6 +91,7 @@ def export(
             "targets": tuple(targets) or None,
             "calibration_images": Path(calibration_images) if calibration_images else None,
             "isolate_torch": isolate,
+            "fallback": None if fallback else False,
         },
         "model": {
             "model": model,

@@ -87,3 +87,11 @@ ExternalDataOpt = Annotated[
 AlsoTargetOpt = Annotated[
     list[str] | None, typer.Option("--target", "-t", help="Also build this hardware bundle (repeatable).")
 ]
+NoFallbackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-fallback",
+        help="Fail a bundle model that misses its thresholds as it is (default: keep its most sensitive layers "
+        "in float, within the target's [fallback] budget).",
+    ),
+]

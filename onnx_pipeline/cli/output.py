@@ -212,8 +212,24 @@ def print_report(report: dict[str, Any], as_json: bool, report_path: Path | None
     bundle = steps.get("bundle")
     if bundle:
         out.print(f"bundle {escape(bundle.get('target', ''))}: {escape(bundle.get('summary', ''))}", soft_wrap=True)
+        print_sensitivity(bundle.get("sensitivity") or {})
         for failure in bundle.get("failures", []):
             out.print(f"[red]failure:[/] {escape(failure)}", soft_wrap=True)
+
+
+def print_sensitivity(sensitivity: dict[str, Any]) -> None:
+    """One line per lowered model: its most sensitive layers (recorded at build time) and those kept in float."""
+
+    def figure(layer: dict[str, Any]) -> str:
+        effect, sqnr = layer.get("effect"), layer.get("sqnr_db")
+        gain = f"{effect:+.1f} dB in float, " if isinstance(effect, int | float) else ""
+        return f"{layer.get('layer')} ({gain}SQNR {sqnr:.1f} dB)" if isinstance(sqnr, int | float) else str(layer)
+
+    for kind, data in sensitivity.items():
+        layers = ", ".join(figure(x) for x in data.get("layers", [])[:3]) or "none"
+        kept = data.get("kept_in_float")
+        tail = f"; kept in float: {', '.join(map(str, kept))}" if kept else ""
+        out.print(f"sensitivity {escape(kind)}: most sensitive {escape(layers)}{escape(tail)}", soft_wrap=True)
 
 
 def closing_line(status: str, seconds: float, output: Any) -> None:

@@ -35,6 +35,8 @@ class BundleVerifyResult(Checked):
     models: tuple[FidelityResult, ...]
     #: each artifact kind's own check (e.g. the Triton config parsed back), by kind
     checks: Mapping[str, Any] = field(default_factory=dict)
+    #: per lowered artifact kind, as recorded at build time: its most sensitive layers and the layers kept in float
+    sensitivity: Mapping[str, Any] = field(default_factory=dict)
     unlisted_files: tuple[str, ...] = ()
     failures: tuple[str, ...] = ()
 
@@ -85,12 +87,32 @@ def verify_bundle(bundle_dir: Path) -> BundleVerifyResult:
         files_checked=len(manifest.files),
         models=tuple(results),
         checks=checks,
+        sensitivity=recorded_sensitivity(manifest.artifacts),
         unlisted_files=unlisted,
         failures=failures,
     )
     if failures:
         raise BundleError(f"bundle {bundle_dir} fails its fidelity check: " + "; ".join(failures), result=result)
     return result
+
+
+def recorded_sensitivity(artifacts: Mapping[str, Any], top: int = 5) -> dict[str, Any]:
+    """Each artifact's recorded sensitivity (its ``top`` layers) and layers kept in float (untrusted: types checked)."""
+    found: dict[str, Any] = {}
+    for kind, section in artifacts.items():
+        if not isinstance(section, Mapping) or not isinstance(section.get("sensitivity"), Mapping):
+            continue
+        layers = section["sensitivity"].get("layers")
+        layers = [x for x in layers if isinstance(x, Mapping)] if isinstance(layers, list) else []
+        keys = ("layer", "op_type", "sqnr_db", "cosine", "sqnr_drop_db", "effect")
+        kept = section.get("kept_in_float")
+        found[kind] = {
+            "metric": section["sensitivity"].get("metric"),
+            "output_sqnr_db": section["sensitivity"].get("output_sqnr_db"),
+            "layers": [{k: x.get(k) for k in keys} for x in layers[:top]],
+            "kept_in_float": [x.get("layer") for x in kept if isinstance(x, Mapping)] if isinstance(kept, list) else None,
+        }
+    return found
 
 
 def _artifact_checks(manifest: BundleManifest) -> dict[str, Any]:

@@ -63,3 +63,71 @@ def tight_profile(tmp_path: Path, fraction: float = 0.5) -> Path:
 @pytest.fixture(scope="module")
 def outlier_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run_folder(tmp_path_factory.mktemp("outliers") / "run", module=outlier_module())
+
+
+def _fragile_layer(run: Path) -> str:
+    """The float model's node name of conv3 (the layer reading the outliers)."""
+    import onnx
+
+    model = onnx.load(str(run / "model.onnx"), load_external_data=False)
+    return next(n.name for n in model.graph.node if n.op_type == "Conv" and "conv3.weight" in n.input)
+
+
+def _copy_run(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("bundles"))
+    return copy
+
+
+def test_plain_int8_misses_and_no_fallback_fails(outlier_run: Path, photos: Path, tmp_path: Path) -> None:
+    run = _copy_run(outlier_run, tmp_path)
+    config = BundleConfig(calibration_images=photos, fallback=False)
+    with pytest.raises(BundleError, match="SQNR") as info:
+        build_bundle(run, load_target(tight_profile(tmp_path)), config)
+    section = info.value.result.artifacts["int8-qdq"]
+    assert section["fallback"] == {"needed": True, "enabled": False, "note": "turned off (--no-fallback)"}
+    assert "kept_in_float" not in section
+    # the ranking is recorded even when the bundle fails: the fragile layer first
+    assert section["sensitivity"]["layers"][0]["layer"] == _fragile_layer(run)
+    assert not (run / "bundles" / "tight").exists()
+
+
+def test_fallback_keeps_the_fragile_layer_in_float(outlier_run: Path, photos: Path, tmp_path: Path) -> None:
+    import onnx
+
+    run = _copy_run(outlier_run, tmp_path)
+    result = build_bundle(run, load_target(tight_profile(tmp_path)), BundleConfig(calibration_images=photos))
+    assert result.passed
+    section = result.artifacts["int8-qdq"]
+    kept = section["kept_in_float"]
+    assert kept and kept[0]["layer"] == _fragile_layer(run) and "sensitivity rank 1" in kept[0]["reason"]
+    fallback = section["fallback"]
+    assert fallback["passed"] and fallback["before"]["failures"] and not fallback["after"]["failures"]
+    assert fallback["after"]["sqnr_db"] > fallback["before"]["sqnr_db"] + 5
+    # the layer computes from float inputs and float32 weights in the written model
+    model = onnx.load(str(result.bundle_dir / "model.int8.onnx"))
+    conv = next(n for n in model.graph.node if n.name == _fragile_layer(run))
+    assert "conv3.weight__kept_float" in conv.input and "conv2d_1" in conv.input
+    verified = verify_bundle(result.bundle_dir)
+    assert verified.passed
+    assert verified.sensitivity["int8-qdq"]["kept_in_float"] == [_fragile_layer(run)]
+
+
+def test_fallback_budget_spent_still_fails(outlier_run: Path, photos: Path, tmp_path: Path) -> None:
+    run = _copy_run(outlier_run, tmp_path)
+    profile = tight_profile(tmp_path, fraction=0.0)
+    with pytest.raises(BundleError, match="SQNR") as info:
+        build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos))
+    assert info.value.result.artifacts["int8-qdq"]["fallback"]["enabled"] is False
+
+
+def test_without_a_miss_nothing_changes(photos: Path, tmp_path: Path) -> None:
+    run = make_run_folder(tmp_path / "run")  # the tiny model, no outliers: int8 passes as it is
+    result = build_bundle(run, load_target("cpu-arm64"), BundleConfig(calibration_images=photos))
+    section = result.artifacts["int8-qdq"]
+    assert section["fallback"] == {"needed": False} and section["kept_in_float"] == []
+    assert section["sensitivity"]["layers"], "the sensitivity is recorded for every lowered model"
+    import onnx
+
+    model = onnx.load(str(result.bundle_dir / "model.int8.onnx"))
+    assert not any(t.name.endswith("__kept_float") for t in model.graph.initializer)
