@@ -56,7 +56,9 @@ def tight_profile(tmp_path: Path, fraction: float = 0.5) -> Path:
     int8 = re.sub(r"min_sqnr_db = [0-9.]+", "min_sqnr_db = 25.0", int8)
     int8 = re.sub(r"min_cosine = [0-9.]+", "min_cosine = 0.995", int8)
     path = tmp_path / "tight.toml"
-    path.write_text(f"{head}[fidelity.int8]{int8}\n[fallback]\nmax_float_layers_fraction = {fraction}\n", encoding="utf-8")
+    int8 = int8.replace("max_float_layers_fraction = 0.1", f"max_float_layers_fraction = {fraction}")
+    assert f"max_float_layers_fraction = {fraction}" in int8
+    path.write_text(f"{head}[fidelity.int8]{int8}", encoding="utf-8")
     return path
 
 
@@ -131,3 +133,29 @@ def test_without_a_miss_nothing_changes(photos: Path, tmp_path: Path) -> None:
 
     model = onnx.load(str(result.bundle_dir / "model.int8.onnx"))
     assert not any(t.name.endswith("__kept_float") for t in model.graph.initializer)
+
+
+def test_vitis_fallback_runs_kept_layers_on_the_cpu(outlier_run: Path, photos: Path, tmp_path: Path) -> None:
+    """XINT8 (per-tensor power-of-two) misses too; the kept layers show as CPU partitions and their cost."""
+    import json
+
+    run = _copy_run(outlier_run, tmp_path)
+    text = load_target("vitis-ai-zcu104").source.read_text(encoding="utf-8")
+    text = re.sub(r'^name = ".*"$', 'name = "dpu-tight"', text, count=1, flags=re.M)
+    text = text.replace("min_sqnr_db = 12.0", "min_sqnr_db = 25.0")
+    profile = tmp_path / "dpu-tight.toml"
+    profile.write_text(text.replace("max_float_layers_fraction = 0.1", "max_float_layers_fraction = 0.5"), encoding="utf-8")
+    with pytest.raises(BundleError, match="SQNR"):
+        build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos, fallback=False))
+    result = build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos))
+    section = result.artifacts["vitis-ai"]
+    kept = [x["layer"] for x in section["kept_in_float"]]
+    assert kept[0] == _fragile_layer(run)
+    report = json.loads((result.bundle_dir / "dpu_report.json").read_text(encoding="utf-8"))
+    on_cpu = {p["name"] for p in report["placements"] if p["rule"] == "kept-in-float"}
+    assert on_cpu == set(kept) and all(p["device"] == "CPU" for p in report["placements"] if p["name"] in on_cpu)
+    cost = section["fallback_cost"]
+    assert cost["layers_on_cpu"] == len(kept) and 0 < cost["flops_fraction_on_cpu"] <= 1
+    assert cost["dpu_subgraphs_after"] > cost["dpu_subgraphs_before"]
+    assert "kept-in-float" in (result.bundle_dir / "dpu_report.md").read_text(encoding="utf-8")
+    assert verify_bundle(result.bundle_dir).passed

@@ -100,6 +100,7 @@ def test_user_profile_path(tmp_path: Path) -> None:
         (lambda t: t.replace('name = "CPUExecutionProvider"', 'name = "CPUExecutionProvider"\nopts = {}'), "opts"),
         (lambda t: t.replace("min_top5_agreement = 1.0", "min_top5_agreement = 1.0\nmax_error = 1"), "max_error"),
         (lambda t: t + "\n[quantization]\nper_chanel = true\n", "quantization.per_chanel"),
+        (lambda t: t + "\n[fallback]\nmax_float_layers = 2\n", "fallback.max_float_layers"),
     ],
 )
 def test_unknown_key_refused(tmp_path: Path, edit, named: str) -> None:  # type: ignore[no-untyped-def]
@@ -125,6 +126,8 @@ def test_unknown_key_refused(tmp_path: Path, edit, named: str) -> None:  # type:
         (lambda t: t.replace("[fidelity.fp32]", "[fidelity.fp16]"), "fidelity.fp32"),
         (lambda t: t.replace('name = "CPUExecutionProvider"', 'name = "CPU"'), "provider"),
         (lambda t: t + "\nname2 = [\n", "TOML"),
+        (lambda t: t + "\n[fallback]\nmax_float_layers_fraction = 1.5\n", "between 0 and 1"),
+        (lambda t: t + "\n[fallback]\nmax_float_layers_fraction = true\n", "max_float_layers_fraction"),
     ],
 )
 def test_invalid_profile_refused(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -187,3 +190,10 @@ def test_vitis_artifact_needs_dpu_table(tmp_path: Path) -> None:
 
 def test_pipeline_defaults() -> None:
     assert load_target("cpu-x86_64").pipeline_defaults() == {"export": {"dynamic_batch": True}}
+
+
+def test_fallback_budget_defaults_and_reads(tmp_path: Path) -> None:
+    assert load_target(_write(tmp_path, MINIMAL)).fallback.max_float_layers_fraction == 0.1
+    path = _write(tmp_path, MINIMAL + "\n[fallback]\nmax_float_layers_fraction = 0\n")
+    assert load_target(path).fallback.max_float_layers_fraction == 0.0
+    assert all(t.fallback.max_float_layers_fraction == 0.1 for t in list_targets() if t.dpu or t.quantization)
