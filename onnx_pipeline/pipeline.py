@@ -89,7 +89,9 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
         with atomic_output_dir(config.output, force=config.force) as work:
             manifest = _export_into(work, config, report, progress)
             bundle_config = BundleConfig(
-                calibration_images=config.calibration_images, seed=config.verify.seed, force=True,
+                calibration_images=config.calibration_images,
+                seed=config.verify.seed,
+                force=True,
                 fallback=config.fallback,
             )
             # The targets share the model, the data and the reference outputs (the manifest was just written).

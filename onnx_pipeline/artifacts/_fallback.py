@@ -3,8 +3,9 @@
 After a builder has written and judged its lowered model, ``sensitivity_and_fallback`` ranks its layers
 (``compare.sensitivity``) and, when the model misses its thresholds and the bundle allows it
 (``BuildContext.fallback``), keeps the most sensitive layers in float32 until the thresholds hold or
-the profile's budget (``[fallback] max_float_layers_fraction`` of the lowered layers) is spent: one layer at
-a time, most sensitive first (see ``_search``). A repaired model replaces the file and is judged again the way ``verify BUNDLE`` judges it.
+the profile's budget (``[fallback] max_float_layers_fraction`` of the lowered layers) is spent: one
+layer at a time, most sensitive first (see ``_search``). A repaired model replaces the file and is
+judged again the way ``verify BUNDLE`` judges it.
 Without a miss nothing changes but the sensitivity recorded.
 """
 
@@ -77,7 +78,9 @@ def sensitivity_and_fallback(ctx: BuildContext, lowered: LoweredModel, model: Bu
     fraction = ctx.target.fallback.max_float_layers_fraction
     budget = min(len(sensitivity.layers), max(1, math.floor(fraction * len(sensitivity.layers)))) if fraction else 0
     if not ctx.fallback or budget == 0:
-        why = "turned off (--no-fallback)" if not ctx.fallback else "no budget ([fallback] max_float_layers_fraction = 0)"
+        why = (
+            "turned off (--no-fallback)" if not ctx.fallback else "no budget ([fallback] max_float_layers_fraction = 0)"
+        )
         section["fallback"] = {"needed": True, "enabled": False, "note": why}
         return Repair(model, section, timings)
     start_fallback = time.perf_counter()
@@ -92,7 +95,9 @@ def sensitivity_and_fallback(ctx: BuildContext, lowered: LoweredModel, model: Bu
         "before": _figures(model.fidelity),
     }
     if not kept:
-        fallback.update(passed=False, note=f"the thresholds still fail with the {budget} most sensitive layers in float")
+        fallback.update(
+            passed=False, note=f"the thresholds still fail with the {budget} most sensitive layers in float"
+        )
         timings["fallback"] = round(time.perf_counter() - start_fallback, 3)
         section["fallback"] = fallback
         section["kept_in_float"] = []
@@ -131,7 +136,9 @@ def _search(
     output is quantized again may only help once the layer after it is kept too).
     """
     ranked = sensitivity.ranked_names()
-    runner = VariantRunner(parts, lowered.reference, np.asarray(ctx.data.heldout, np.float32), lowered.half, run_batches)
+    runner = VariantRunner(
+        parts, lowered.reference, np.asarray(ctx.data.heldout, np.float32), lowered.half, run_batches
+    )
     trials: list[dict[str, Any]] = []
 
     def judged(layers: list[str]) -> FidelityResult:

@@ -175,7 +175,9 @@ def build(ctx: BuildContext) -> ArtifactResult:
         models=(repair.model,),
         section=section,
         timings={**timings, **repair.timings},
-        readme=(f"- `{FILE}`: fp16 inside, fp32 inputs and outputs ({section['casts']} casts){where}"
-                + (f"; {len(repair.kept)} layer(s) kept in float32" if repair.kept else ""),),
+        readme=(
+            f"- `{FILE}`: fp16 inside, fp32 inputs and outputs ({section['casts']} casts){where}"
+            + (f"; {len(repair.kept)} layer(s) kept in float32" if repair.kept else ""),
+        ),
         hashes=repair.hashes or written.hashes(ctx.out),
     )

@@ -67,7 +67,9 @@ def build(ctx: BuildContext) -> ArtifactResult:
     # Judged like every bundle model: against the run's fp32 reference, on the plain CPU session
     # ``verify BUNDLE`` re-runs, with the DPU's thresholds.
     model = ctx.check(MODEL_QDQ, SPEC.kind, SPEC.precision, thresholds=thresholds(ctx, spec))
-    lowered = LoweredModel(MODEL_QDQ, SPEC.kind, SPEC.precision, load_parts(ctx.out / MODEL_FP32), thresholds(ctx, spec))
+    lowered = LoweredModel(
+        MODEL_QDQ, SPEC.kind, SPEC.precision, load_parts(ctx.out / MODEL_FP32), thresholds(ctx, spec)
+    )
     repair = sensitivity_and_fallback(ctx, lowered, model)
     timings.update(repair.timings)
     report = build_dpu_report(skeleton, spec, kept_in_float=repair.kept)

@@ -215,7 +215,9 @@ def _drop_unused(parts: ModelParts) -> None:
             parts.weights.pop(t.name, None)
     del graph.initializer[:]
     graph.initializer.extend(inits)
-    names = {t.name for t in inits} | {i for n in graph.node for i in n.input} | {o for n in graph.node for o in n.output}
+    names = (
+        {t.name for t in inits} | {i for n in graph.node for i in n.input} | {o for n in graph.node for o in n.output}
+    )
     infos = [v for v in graph.value_info if v.name in names]
     del graph.value_info[:]
     graph.value_info.extend(infos)

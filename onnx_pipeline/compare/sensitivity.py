@@ -88,7 +88,9 @@ class VariantRunner:
         model, external = variant.session_source()
         # One short run: the weights are used where they are, not packed into a second copy.
         settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
-        session = create_session(model, settings=settings, external_initializers=external, what="a kept-in-float variant")
+        session = create_session(
+            model, settings=settings, external_initializers=external, what="a kept-in-float variant"
+        )
         return self.run(session, self.inputs)
 
 

@@ -110,7 +110,9 @@ def recorded_sensitivity(artifacts: Mapping[str, Any], top: int = 5) -> dict[str
             "metric": section["sensitivity"].get("metric"),
             "output_sqnr_db": section["sensitivity"].get("output_sqnr_db"),
             "layers": [{k: x.get(k) for k in keys} for x in layers[:top]],
-            "kept_in_float": [x.get("layer") for x in kept if isinstance(x, Mapping)] if isinstance(kept, list) else None,
+            "kept_in_float": [x.get("layer") for x in kept if isinstance(x, Mapping)]
+            if isinstance(kept, list)
+            else None,
         }
     return found
 

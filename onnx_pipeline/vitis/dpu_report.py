@@ -8,8 +8,8 @@ node names the rule that decided it. ``vai_c_xir`` / the Vitis AI EP have the fi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from onnx_pipeline.targets import DpuSpec

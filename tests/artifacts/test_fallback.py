@@ -144,7 +144,9 @@ def test_vitis_fallback_runs_kept_layers_on_the_cpu(outlier_run: Path, photos: P
     text = re.sub(r'^name = ".*"$', 'name = "dpu-tight"', text, count=1, flags=re.M)
     text = text.replace("min_sqnr_db = 12.0", "min_sqnr_db = 25.0")
     profile = tmp_path / "dpu-tight.toml"
-    profile.write_text(text.replace("max_float_layers_fraction = 0.1", "max_float_layers_fraction = 0.5"), encoding="utf-8")
+    profile.write_text(
+        text.replace("max_float_layers_fraction = 0.1", "max_float_layers_fraction = 0.5"), encoding="utf-8"
+    )
     with pytest.raises(BundleError, match="SQNR"):
         build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos, fallback=False))
     result = build_bundle(run, load_target(profile), BundleConfig(calibration_images=photos))
