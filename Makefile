@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python benchmarks/vitis_quantize.py
 	$(BIN)/python benchmarks/degenerate_models.py
 	$(BIN)/python benchmarks/quark_agreement.py
+	$(BIN)/python benchmarks/sensitivity.py
 
 clean:
 	rm -rf $(VENV) $(QUARK_VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -32,7 +32,9 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Sub", "Co
 #: layers run one at a time kept in float (the rest are ranked by their SQNR drop only)
 DEFAULT_TOP = 6
 #: held-out samples the analysis runs on
-DEFAULT_SAMPLES = 8
+DEFAULT_SAMPLES = 4
+#: bytes of probed tensors per comparison run (fewer, larger runs: each re-runs the model up to its tensors)
+PROBE_BUDGET = 256 << 20
 #: SQNR above this is exact for ranking purposes (an input straight from the model input)
 _CAP_DB = 100.0
 
@@ -118,7 +120,8 @@ def analyse_sensitivity(
     """
     start = time.perf_counter()
     table = compare_onnx_models(
-        runner.reference.full_model(), runner.lowered.full_model(), list(batches), qdq_as_float=qdq_as_float
+        runner.reference.full_model(), runner.lowered.full_model(), list(batches), qdq_as_float=qdq_as_float,
+        budget=PROBE_BUDGET,
     )
     rows = {r.tensor: r for r in table.rows}
     matches = [m for m in match_layers(runner.reference.skeleton, runner.lowered.skeleton, LAYER_OPS,
