@@ -287,3 +287,53 @@ def _quantize_int8(fp32: Path, int8: Path) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
+
+
+def outlier_module() -> Any:
+    """conv1 → relu → conv2 (channel 0 ×1e4) → conv3 (reads channel 0 ×1e-4) → relu → pool → fc.
+
+    conv3 is the fragile layer: per-tensor int8 of its input (conv2's output) crushes every channel but
+    the outlier one, which conv3 all but ignores."""
+    import torch
+    from torch import nn
+
+    class Outliers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x: Any) -> Any:
+            x = torch.relu(self.conv1(x))
+            x = self.conv3(self.conv2(x))
+            return self.fc(torch.flatten(torch.mean(torch.relu(x), dim=(2, 3), keepdim=True), 1))
+
+    torch.manual_seed(0)
+    module = Outliers().eval()
+    with torch.no_grad():
+        module.conv2.weight[0] *= 1e4
+        module.conv2.bias[0] *= 1e4
+        module.conv3.weight[:, 0] *= 1e-4
+    return module
+
+
+def tight_profile(tmp_path: Path, fraction: float = 0.5) -> Path:
+    """A user profile: cpu-x86_64 (int8 only) whose int8 thresholds ``outlier_module`` makes plain int8 miss,
+    with a fallback budget of ``fraction``."""
+    import re
+
+    from onnx_pipeline.targets import load_target
+
+    text = load_target("cpu-x86_64").source.read_text(encoding="utf-8")
+    text = re.sub(r'^name = ".*"$', 'name = "tight"', text, count=1, flags=re.M)
+    text = text.replace('artifacts = ["fp32-optimized", "ort", "int8-qdq"]', 'artifacts = ["int8-qdq"]')
+    head, int8 = text.split("[fidelity.int8]")
+    int8 = re.sub(r"min_sqnr_db = [0-9.]+", "min_sqnr_db = 25.0", int8)
+    int8 = re.sub(r"min_cosine = [0-9.]+", "min_cosine = 0.995", int8)
+    path = tmp_path / "tight.toml"
+    int8 = int8.replace("max_float_layers_fraction = 0.1", f"max_float_layers_fraction = {fraction}")
+    assert f"max_float_layers_fraction = {fraction}" in int8
+    path.write_text(f"{head}[fidelity.int8]{int8}", encoding="utf-8")
+    return path

@@ -125,6 +125,7 @@ def keep_in_float(lowered: ModelParts, reference: ModelParts, layers: Sequence[s
     graph = parts.skeleton.graph
     by_name = {n.name: n for n in reference.skeleton.graph.node}
     ref_inits = {t.name for t in reference.skeleton.graph.initializer}
+    ref_producers = _producers(reference.skeleton.graph)
     producers = _producers(graph)
     for layer in layers:
         ref = by_name[layer]
@@ -138,6 +139,9 @@ def keep_in_float(lowered: ModelParts, reference: ModelParts, layers: Sequence[s
             elif ref_name in ref_inits:
                 new_inputs.append(_add_float_weight(parts, reference, ref_name))
             elif (source := _unquantized(name, producers)) is not None:
+                folded = _folded_activation(ref_producers.get(ref_name), producers.get(source))
+                if folded is not None:  # the quantizer let QuantizeLinear's range do a ReLU: do it in float
+                    source = _apply(parts, reference, folded, source, before)
                 new_inputs.append(source)
             elif half:
                 cast = f"{node.name}__input{index}_float"
@@ -177,6 +181,36 @@ def _unquantized(name: str, producers: dict[str, Any]) -> str | None:
         return None
     q = producers.get(dq.input[0])
     return str(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+
+
+#: activations onnxruntime's quantizer folds into the QuantizeLinear after a Conv/Gemm (its range clips)
+_FOLDABLE = ("Relu", "Clip")
+
+
+def _folded_activation(reference_producer: Any, lowered_producer: Any) -> Any | None:
+    """The float model's ReLU/Clip that the lowered model dropped before a QuantizeLinear, or None."""
+    if reference_producer is None or reference_producer.op_type not in _FOLDABLE:
+        return None
+    if lowered_producer is not None and lowered_producer.op_type == reference_producer.op_type:
+        return None
+    return reference_producer
+
+
+def _apply(parts: ModelParts, reference: ModelParts, activation: Any, source: str, before: list[Any]) -> str:
+    """Add ``activation`` (a float-model node) on ``source`` before the kept layer; returns its output."""
+    out = f"{source}__{activation.op_type.lower()}"
+    if any(out in n.output for n in before) or any(out in n.output for n in parts.skeleton.graph.node):
+        return out
+    extra = [_add_float_weight(parts, reference, i) if i else i for i in activation.input[1:]]
+    node = type(activation)()
+    node.CopyFrom(activation)
+    node.name = out
+    del node.input[:]
+    node.input.extend([source, *extra])
+    del node.output[:]
+    node.output.append(out)
+    before.append(node)
+    return out
 
 
 def _add_float_weight(parts: ModelParts, reference: ModelParts, name: str) -> str:

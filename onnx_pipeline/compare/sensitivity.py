@@ -120,7 +120,10 @@ def analyse_sensitivity(
     """
     start = time.perf_counter()
     table = compare_onnx_models(
-        runner.reference.full_model(), runner.lowered.full_model(), list(batches), qdq_as_float=qdq_as_float,
+        runner.reference.full_model(),
+        runner.lowered.full_model(),
+        list(batches),
+        qdq_as_float=qdq_as_float,
         budget=PROBE_BUDGET,
     )
     rows = {r.tensor: r for r in table.rows}

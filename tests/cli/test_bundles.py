@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from onnx_pipeline.cli import app
-from tests.helpers import HARDWARE
+from tests.helpers import HARDWARE, make_run_folder, outlier_module, tight_profile
 from tests.helpers import assert_user_error as _assert_user_error
 
 runner = CliRunner()
@@ -38,6 +38,7 @@ def test_export_with_target_then_verify_the_bundle(tmp_path: Path, photos: Path)
     verified = runner.invoke(app, ["verify", str(bundle)])
     assert verified.exit_code == 0, verified.output
     assert "match their sha256" in verified.stdout
+    assert "sensitivity int8-qdq: most sensitive" in verified.stdout
     (bundle / "model.int8.onnx").write_bytes(b"tampered")
     tampered = runner.invoke(app, ["verify", str(bundle)])
     assert tampered.exit_code == 1 and "model.int8.onnx" in tampered.stderr and "Traceback" not in tampered.output
@@ -67,3 +68,16 @@ def test_wheel_carries_the_hardware_profiles(tmp_path: Path) -> None:
     for profile in HARDWARE.glob("*.toml"):
         assert f"onnx_pipeline/hardware/{profile.name}" in names
     assert "onnx_pipeline/vitis/templates/run_on_board.py.tmpl" in names
+
+
+def test_bundle_no_fallback_fails_and_fallback_repairs(tmp_path: Path, photos: Path) -> None:
+    run = make_run_folder(tmp_path / "run", module=outlier_module())
+    profile = str(tight_profile(tmp_path))
+    args = ["bundle", str(run), "-t", profile, "--calibration-images", str(photos)]
+    failed = runner.invoke(app, [*args, "--no-fallback"])
+    assert failed.exit_code == 1 and "SQNR" in failed.stderr and "Traceback" not in failed.output
+    repaired = runner.invoke(app, args)
+    assert repaired.exit_code == 0, repaired.output
+    verified = runner.invoke(app, ["verify", str(run / "bundles" / "tight")])
+    assert verified.exit_code == 0, verified.output
+    assert "kept in float: node_conv2d_2" in verified.stdout

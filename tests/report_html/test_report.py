@@ -193,9 +193,14 @@ def test_damaged_free_form_fields_read_as_not_measured(run_copy: Path, tmp_path:
 
 
 def test_bundle_step_writes_an_unlisted_report(bundles: dict[str, Path]) -> None:
-    cpu = check_report(bundles["cpu-x86_64"] / REPORT_FILE, BUNDLE_SECTIONS, {"fidelity": 1, "timings": 1})
+    cpu = check_report(
+        bundles["cpu-x86_64"] / REPORT_FILE, BUNDLE_SECTIONS, {"fidelity": 1, "timings": 1, "sensitivity": 1}
+    )
     assert "model.int8.onnx" in cpu.section_text("fidelity") and "not applicable" in cpu.section_text("dpu")
-    assert "not measured" in cpu.section_text("bench") and "not measured" in cpu.section_text("sensitivity")
+    assert "not measured" in cpu.section_text("bench")
+    # every lowered model's per-layer sensitivity is recorded by the bundle step, and drawn
+    assert "int8-qdq: " in cpu.section_text("sensitivity") and "most sensitive first" in cpu.section_text("sensitivity")
+    assert "none: every layer was lowered" in cpu.section_text("kept-in-float")
     vitis = check_report(bundles["vitis-ai-kv260"] / REPORT_FILE, BUNDLE_SECTIONS, {"fidelity": 1, "dpu": 1})
     summary = read_manifest(bundles["vitis-ai-kv260"]).artifacts["vitis-ai"]["dpu_report"]
     assert f"{summary['on_dpu']} of {summary['nodes']} predicted on the DPU" in vitis.section_text("dpu")
