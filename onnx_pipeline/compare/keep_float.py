@@ -132,7 +132,8 @@ def keep_in_float(lowered: ModelParts, reference: ModelParts, layers: Sequence[s
         node = find_lowered(ref, producers, {n.name: n for n in graph.node if n.name})
         if node is None:
             raise KeyError(layer)
-        new_inputs, before = [], []
+        new_inputs: list[str] = []
+        before: list[Any] = []
         for index, (name, ref_name) in enumerate(zip(node.input, ref.input, strict=True)):
             if not name:
                 new_inputs.append(name)
