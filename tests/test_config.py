@@ -60,3 +60,12 @@ def test_invalid_values_are_refused() -> None:
     with pytest.raises(InputError, match="exporter"):
         resolve_pipeline_config(cli={"export": {"exporter": "magic"}})
     assert isinstance(resolve_pipeline_config(cli={}), PipelineConfig)
+
+
+def test_fallback_from_config_file_and_cli(tmp_path: Path) -> None:
+    assert resolve_pipeline_config(cli={}).fallback is True
+    path = tmp_path / "c.toml"
+    path.write_text("fallback = false\n", encoding="utf-8")
+    config = resolve_pipeline_config(cli={"": {"fallback": None}}, config_file=path)
+    assert config.fallback is False and config.provenance["fallback"] == "config-file"
+    assert resolve_pipeline_config(cli={"": {"fallback": False}}).fallback is False
