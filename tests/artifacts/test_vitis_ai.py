@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import HARDWARE, build_artifact
+from tests.helpers import HARDWARE, build_artifact, digits_split, trained_digits_cnn
 
 
 def _export(model, example, path: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -22,7 +22,7 @@ def _export(model, example, path: Path) -> Path:  # type: ignore[no-untyped-def]
         dynamo=True,
         input_names=["input"],
         output_names=["output"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     return path
 
@@ -37,60 +37,13 @@ def _run(path: Path, data: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x[None]})[0] for x in data])
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0
-    images = np.kron(images, np.ones((2, 2), dtype=np.float32))  # 8x8 -> 16x16
-    images = ((images - 0.5) / 0.5)[:, None]
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(images))
-    train, test = order[:1300], order[1300:]
-    return images[train], digits.target[train], images[test], digits.target[test]
-
-
-def _vgg_style():  # type: ignore[no-untyped-def]
-    import torch
-    from torch import nn
-
-    class SmallVgg(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(16, 16, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            )
-            self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.classifier(torch.flatten(self.features(x), 1))
-
-    return SmallVgg()
-
-
 def test_digits_power_of_two_loses_at_most_one_point(tmp_path: Path) -> None:
     import torch
 
     from onnx_pipeline.targets import load_target
 
-    torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = _digits()
-    model = _vgg_style()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train).long()
-    for _epoch in range(6):
-        for i in torch.randperm(len(xt)).split(64):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(xt[i]), yt[i])
-            loss.backward()
-            optimizer.step()
+    x_train, y_train, x_test, y_test = digits_split()
+    model = trained_digits_cnn(x_train, y_train)
     path = _export(model, torch.from_numpy(x_test[:2]), tmp_path / "model.onnx")
 
     target = load_target("vitis-ai-zcu102")
