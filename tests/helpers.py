@@ -76,11 +76,14 @@ def tiny_module(seed: int = 0, classes: int = TINY_CLASSES) -> Any:
     return build_tiny_vgg(classes).eval()
 
 
-def export_onnx(module: Any, path: Path, *, size: int = 32, dynamic_batch: bool = True, opset: int = 18) -> Path:
-    """Export ``module`` (one NCHW image input) with the dynamo exporter; returns ``path``."""
+def export_onnx(
+    module: Any, path: Path, *, size: int = 32, dynamic_batch: bool = True, opset: int = 18, example: Any = None
+) -> Path:
+    """Export ``module`` (one NCHW image input: ``example``, or random 3×size×size) with the dynamo exporter."""
     import torch
 
-    example = torch.randn(2 if dynamic_batch else 1, 3, size, size)
+    if example is None:
+        example = torch.randn(2 if dynamic_batch else 1, 3, size, size)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     program = torch.onnx.export(
         module,

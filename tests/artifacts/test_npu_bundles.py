@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import build_artifact, digits_split, make_run_folder, trained_digits_cnn
+from tests.helpers import build_artifact, digits_split, export_onnx, make_run_folder, trained_digits_cnn
 
 
 def _target(name: str, config: str | None = None) -> Any:
@@ -157,17 +157,7 @@ def _trained_cnn(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
     """The digits CNN (``trained_digits_cnn``), exported with the dynamo exporter and a dynamic batch."""
     import torch
 
-    model = trained_digits_cnn(x, y)
-    torch.onnx.export(
-        model,
-        (torch.from_numpy(x[:2]),),
-        str(path),
-        dynamo=True,
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-    )
-    return path
+    return export_onnx(trained_digits_cnn(x, y), path, example=torch.from_numpy(x[:2]))
 
 
 def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:

@@ -7,24 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import HARDWARE, build_artifact, digits_split, trained_digits_cnn
-
-
-def _export(model, example, path: Path) -> Path:  # type: ignore[no-untyped-def]
-    """Export as the pipeline does: dynamo exporter, dynamic batch named "batch"."""
-    import torch
-
-    model.eval()
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        dynamo=True,
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-    )
-    return path
+from tests.helpers import HARDWARE, build_artifact, digits_split, export_onnx, trained_digits_cnn
 
 
 def _run(path: Path, data: np.ndarray) -> np.ndarray:
@@ -44,7 +27,7 @@ def test_digits_power_of_two_loses_at_most_one_point(tmp_path: Path) -> None:
 
     x_train, y_train, x_test, y_test = digits_split()
     model = trained_digits_cnn(x_train, y_train)
-    path = _export(model, torch.from_numpy(x_test[:2]), tmp_path / "model.onnx")
+    path = export_onnx(model.eval(), tmp_path / "model.onnx", example=torch.from_numpy(x_test[:2]))
 
     target = load_target("vitis-ai-zcu102")
     artifacts = build_artifact(path, target, "vitis-ai", x_train[:64], x_test, tmp_path / "bundle", synthetic=False)
@@ -82,13 +65,12 @@ def _rescaled_vgg16():  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_vgg16_every_board(tmp_path: Path) -> None:
-    import torch
 
     from onnx_pipeline.targets import load_target
     from onnx_pipeline.vitis.dpu_report import build_dpu_report
     from onnx_pipeline.vitis.graph import load_parts, to_static_opset17
 
-    path = _export(_rescaled_vgg16(), torch.randn(1, 3, 224, 224), tmp_path / "vgg16.onnx")
+    path = export_onnx(_rescaled_vgg16(), tmp_path / "vgg16.onnx", size=224)
     parts = load_parts(path)
     to_static_opset17(parts)
     boards = [t for t in (load_target(p.stem) for p in sorted(HARDWARE.glob("vitis-ai-*.toml"))) if t.dpu]
