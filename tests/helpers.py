@@ -149,7 +149,8 @@ def build_artifact(
 ) -> Any:
     """Run one artifact builder on ``model_path`` with in-memory data, as the bundle step would; returns its result."""
     from onnx_pipeline.artifacts import load_builder
-    from onnx_pipeline.artifacts.base import BuildContext, BundleData, run_batches
+    from onnx_pipeline.artifacts.base import BuildContext, run_batches
+    from onnx_pipeline.bundling.data import BundleData
     from onnx_pipeline.onnxfile import infer_shapes, load_parts
     from onnx_pipeline.runtime.session import create_session
 
