@@ -63,6 +63,10 @@ bench: setup
 	$(BIN)/python benchmarks/vitis_quantize.py
 	$(BIN)/python benchmarks/degenerate_models.py
 	$(BIN)/python benchmarks/quark_agreement.py
+	$(BIN)/python benchmarks/noise_floor.py
+	$(BIN)/python benchmarks/bundle_speed.py
+	$(BIN)/python benchmarks/large_model.py
+	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/sensitivity.py
 
 clean:

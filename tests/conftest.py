@@ -46,3 +46,17 @@ def tiny_bundle_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.helpers import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle-int8") / "bundle", with_int8=True)
+
+
+@pytest.fixture(scope="session")
+def cpu_bundle(tiny_run: Path, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run's cpu-x86_64 bundle (fp32-optimized, ORT format, int8 QDQ), calibrated on real
+    photographs by ``api.bundle`` (do not modify: copy it)."""
+    import shutil
+
+    from onnx_pipeline import api
+
+    run = tmp_path_factory.mktemp("cpu-bundle") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    api.bundle(run, ["cpu-x86_64"], calibration_images=photos)
+    return run / "bundles" / "cpu-x86_64"

@@ -5,6 +5,7 @@ A test never imports another test; it imports this module (and fixtures come fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,14 @@ def tiny_module(seed: int = 0, classes: int = TINY_CLASSES) -> Any:
     return build_tiny_vgg(classes).eval()
 
 
-def export_onnx(module: Any, path: Path, *, size: int = 32, dynamic_batch: bool = True, opset: int = 18) -> Path:
-    """Export ``module`` (one NCHW image input) with the dynamo exporter; returns ``path``."""
+def export_onnx(
+    module: Any, path: Path, *, size: int = 32, dynamic_batch: bool = True, opset: int = 18, example: Any = None
+) -> Path:
+    """Export ``module`` (one NCHW image input: ``example``, or random 3×size×size) with the dynamo exporter."""
     import torch
 
-    example = torch.randn(2 if dynamic_batch else 1, 3, size, size)
+    if example is None:
+        example = torch.randn(2 if dynamic_batch else 1, 3, size, size)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     program = torch.onnx.export(
         module,
@@ -103,21 +107,14 @@ def tiny_spec(size: int) -> PreprocessSpec:
 
 def run_manifest_for(folder: Path, model_file: str = "model.onnx", **fields: Any) -> Any:
     """A ``RunManifest`` describing ``folder/model_file`` (written with ``.write(folder)`` by the caller)."""
-    from onnx_pipeline.manifest import RUN_UNLISTED, ModelSource, RunManifest, TensorSpec, hash_folder
+    from onnx_pipeline.manifest import RUN_UNLISTED, ModelSource, RunManifest, hash_folder
     from onnx_pipeline.onnxfile import describe_model
 
     info = describe_model(folder / model_file)
-    size = int(info.inputs[0].shape[-1])
     classes = info.outputs[0].shape[-1]
     values: dict[str, Any] = {
-        "inputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.inputs),
-        "outputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.outputs),
-        "dynamic_batch": isinstance(info.inputs[0].shape[0], str),
-        "task": "classification",
-        "preprocessing": tiny_spec(size),
+        **_model_fields(info),
         "labels": tuple(f"class_{i}" for i in range(classes)) if isinstance(classes, int) else None,
-        "versions": {},
-        "timings": {},
         "files": hash_folder(folder, exclude=RUN_UNLISTED),
         "model_file": model_file,
         "opset": info.opset,
@@ -152,7 +149,8 @@ def build_artifact(
 ) -> Any:
     """Run one artifact builder on ``model_path`` with in-memory data, as the bundle step would; returns its result."""
     from onnx_pipeline.artifacts import load_builder
-    from onnx_pipeline.artifacts.base import BuildContext, BundleData, run_batches
+    from onnx_pipeline.artifacts.base import BuildContext, run_batches
+    from onnx_pipeline.bundling.data import BundleData
     from onnx_pipeline.onnxfile import infer_shapes, load_parts
     from onnx_pipeline.runtime.session import create_session
 
@@ -222,21 +220,14 @@ LABELS = tuple(f"class_{i}" for i in range(TINY_CLASSES))
 def write_bundle_manifest(folder: Path, models: list[dict[str, Any]], **fields: Any) -> Any:
     """Write ``folder/manifest.json`` for model files already in ``folder`` through ``BundleManifest`` (hashing
     every file); ``fields`` override the defaults (a tiny image classifier on the CPU provider)."""
-    from onnx_pipeline.manifest import RUN_UNLISTED, BundleManifest, ModelRecord, TargetInfo, TensorSpec, hash_folder
+    from onnx_pipeline.manifest import RUN_UNLISTED, BundleManifest, ModelRecord, TargetInfo, hash_folder
     from onnx_pipeline.onnxfile import describe_model
     from onnx_pipeline.runtime.session import parse_providers
 
     info = describe_model(folder / models[0]["file"])
-    size = int(info.inputs[0].shape[-1])
     values: dict[str, Any] = {
-        "inputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.inputs),
-        "outputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.outputs),
-        "dynamic_batch": isinstance(info.inputs[0].shape[0], str),
-        "task": "classification",
-        "preprocessing": tiny_spec(size),
+        **_model_fields(info),
         "labels": LABELS,
-        "versions": {},
-        "timings": {},
         "files": hash_folder(folder, exclude=RUN_UNLISTED),
         "target": TargetInfo(name="test-cpu"),
         "models": tuple(ModelRecord(**{"kind": "fp32-optimized", **m}) for m in models),
@@ -287,6 +278,85 @@ def _quantize_int8(fp32: Path, int8: Path) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
+
+
+def digits_split() -> tuple[Any, Any, Any, Any]:
+    """scikit-learn's 8x8 digits upscaled to 16x16 in [-1, 1], NCHW: (x_train, y_train, x_test, y_test), 1300 train."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.kron(digits.images.astype(np.float32) / 16.0, np.ones((2, 2), dtype=np.float32))
+    images = ((images - 0.5) / 0.5)[:, None]
+    order = np.random.default_rng(0).permutation(len(images))
+    train, test = order[:1300], order[1300:]
+    return images[train], digits.target[train], images[test], digits.target[test]
+
+
+def trained_digits_cnn(x: Any, y: Any, epochs: int = 6) -> Any:
+    """A small VGG-style CNN (3 convolutions, 2 pools, 2 linear layers) trained on ``digits_split``, eval mode."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
+    for _epoch in range(epochs):
+        for i in torch.randperm(len(xt)).split(64):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[i]), yt[i]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def _model_fields(info: Any) -> dict[str, Any]:
+    """The manifest fields a tiny classifier's graph decides (``describe_model``), and empty versions/timings."""
+    from onnx_pipeline.manifest import TensorSpec
+
+    return {
+        "inputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.inputs),
+        "outputs": tuple(TensorSpec(t.name, t.shape, t.dtype) for t in info.outputs),
+        "dynamic_batch": isinstance(info.inputs[0].shape[0], str),
+        "task": "classification",
+        "preprocessing": tiny_spec(int(info.inputs[0].shape[-1])),
+        "versions": {},
+        "timings": {},
+    }
+
+
+def check_moved_bundles(run: Path, targets: Sequence[str], dest: Path, photo: Path, cwd: Path) -> None:
+    """Copy ``run``'s bundles of ``targets`` to ``dest``, delete ``run``, and from ``cwd`` (another working
+    directory) each copy verifies (hashes, fidelity) and predicts ``photo`` with three classes."""
+    import os
+    import shutil
+
+    from onnx_pipeline import api
+
+    for target in targets:
+        shutil.copytree(run / "bundles" / target, dest / target)
+    shutil.rmtree(run)
+    previous = os.getcwd()
+    try:
+        os.chdir(cwd)
+        for target in targets:
+            assert api.verify(dest / target).status == "passed", target
+            (prediction,) = api.predict(dest / target, [photo], top_k=3)
+            assert len(prediction.top_k) == 3 and 0.0 <= prediction.probability <= 1.0, target
+    finally:
+        os.chdir(previous)
 
 
 def outlier_module() -> Any:

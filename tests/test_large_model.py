@@ -9,8 +9,6 @@ bounded by reading and writing the weights, not by arithmetic.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import onnx
@@ -18,6 +16,7 @@ import pytest
 
 from onnx_pipeline import api
 from onnx_pipeline.onnxfile import PROTOBUF_LIMIT
+from tests.helpers import check_moved_bundles
 
 MODELS = Path(__file__).resolve().parent / "models"
 FACTORY = f"{MODELS / 'large_linear.py'}:build"
@@ -67,18 +66,6 @@ def test_a_model_over_2gb_goes_through_every_step_and_target(tmp_path: Path) -> 
     assert not _locations(vitis / "model_xint8_qdq.onnx")
 
     assert api.verify(run, trust_source=True, isolate=True).status == "passed"
-    moved = tmp_path / "elsewhere"
     for target in TARGETS:
         assert api.verify(run / "bundles" / target).status == "passed", target
-        # a bundle copied elsewhere loads and predicts from any working directory
-        shutil.copytree(run / "bundles" / target, moved / target)
-    shutil.rmtree(run)
-    cwd = os.getcwd()
-    try:
-        os.chdir(tmp_path)
-        for target in TARGETS:
-            (prediction,) = api.predict(moved / target, [photos / "chelsea.jpg"], top_k=3)
-            assert len(prediction.top_k) == 3 and prediction.class_name is not None
-            assert api.verify(moved / target).status == "passed"
-    finally:
-        os.chdir(cwd)
+    check_moved_bundles(run, TARGETS, tmp_path / "elsewhere", photos / "chelsea.jpg", tmp_path)

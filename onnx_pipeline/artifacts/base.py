@@ -23,27 +23,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from onnx_pipeline.bundling.data import BundleData
 from onnx_pipeline.bundling.fidelity import FidelityResult, judge
 from onnx_pipeline.files import to_jsonable
 from onnx_pipeline.manifest import ModelRecord, RunManifest
 from onnx_pipeline.onnxfile import ModelParts
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.targets import FidelityThresholds, HardwareTarget
-
-
-@dataclass(frozen=True)
-class BundleData:
-    """Calibration and held-out inputs of one bundle (preprocessed, batch first) and how they were made."""
-
-    calibration: np.ndarray | None
-    calibration_info: Mapping[str, Any] | None
-    heldout: np.ndarray
-    heldout_info: Mapping[str, Any]
-
-    @property
-    def description(self) -> str:
-        """How the held-out inputs were made, as fidelity results record it."""
-        return "synthetic" if self.heldout_info.get("synthetic") else f"{len(self.heldout)} held-out images"
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,34 @@ Without images, smooth synthetic images stand in, and every place that records t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnx_pipeline.artifacts.base import BundleData
 from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.errors import InputError
 from onnx_pipeline.imagespec import PreprocessSpec
 from onnx_pipeline.runtime.preprocess import list_images, load_batch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundleData:
+    """Calibration and held-out inputs of one bundle (preprocessed, batch first) and how they were made."""
+
+    calibration: np.ndarray | None
+    calibration_info: Mapping[str, Any] | None
+    heldout: np.ndarray
+    heldout_info: Mapping[str, Any]
+
+    @property
+    def description(self) -> str:
+        """How the held-out inputs were made, as fidelity results record it."""
+        return "synthetic" if self.heldout_info.get("synthetic") else f"{len(self.heldout)} held-out images"
 
 
 def synthetic_images(count: int, shape: tuple[int, ...], spec: PreprocessSpec | None, seed: int) -> np.ndarray:

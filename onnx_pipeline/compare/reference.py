@@ -18,6 +18,15 @@ import numpy as np
 from onnx_pipeline.errors import first_line
 
 
+def flatten_outputs(out: Any) -> list[Any]:
+    """A module's outputs (tensors, nested in tuples, lists or dicts) as a flat list, in order."""
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in flatten_outputs(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in flatten_outputs(item)]
+    return [out]
+
+
 def float64_obstacle(module: Any) -> str | None:
     """Why ``module`` cannot be run in float64 by converting it (None when it can)."""
     import torch
@@ -54,8 +63,6 @@ def float64_pieces(module: Any, batch: np.ndarray) -> list[np.ndarray]:
     """
     import torch
 
-    from onnx_pipeline.steps.verify import flatten_outputs
-
     if batch.ndim == 0 or len(batch) < 2:
         return [batch]
     pieces = [batch[i : i + 1] for i in range(len(batch))]
@@ -83,8 +90,6 @@ def _agree(whole: Any, joined: Any) -> bool:
 def compute_reference_float64(module: Any, samples: Sequence[Any]) -> tuple[list[list[np.ndarray]] | None, str | None]:
     """The module's outputs in float64 on the same inputs (``SampleSet``s): (outputs, None) or (None, why not)."""
     import torch
-
-    from onnx_pipeline.steps.verify import flatten_outputs
 
     obstacle = float64_obstacle(module)
     if obstacle:

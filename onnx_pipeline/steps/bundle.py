@@ -33,7 +33,6 @@ from onnx_pipeline.artifacts.base import (
 from onnx_pipeline.bundling.data import prepare_data
 from onnx_pipeline.bundling.fidelity import Checked
 from onnx_pipeline.bundling.hashing import FileHasher
-from onnx_pipeline.bundling.readme import HELDOUT_FILE, bundle_readme
 from onnx_pipeline.config import BundleConfig
 from onnx_pipeline.errors import BundleError, InputError, OutputExistsError, first_line
 from onnx_pipeline.files import atomic_output_dir
@@ -42,6 +41,7 @@ from onnx_pipeline.onnxfile import ModelParts, infer_shapes, load_parts
 from onnx_pipeline.report import tool_versions
 from onnx_pipeline.report_html import write_report
 from onnx_pipeline.runtime.session import create_session
+from onnx_pipeline.steps.bundle_readme import HELDOUT_FILE, bundle_readme
 from onnx_pipeline.targets import HardwareTarget
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ import numpy as np
 from onnx_pipeline.compare.floor import format_ratio
 from onnx_pipeline.compare.localize import Localization
 from onnx_pipeline.compare.outputs import FIXED, NOISE_FLOOR, SCALE_AWARE, OutputParity, compare_output
+from onnx_pipeline.compare.reference import flatten_outputs
 from onnx_pipeline.config import Tolerances, VerifyConfig
 from onnx_pipeline.errors import InputError, VerificationError, first_line
 from onnx_pipeline.imagespec import PreprocessSpec
@@ -159,15 +160,6 @@ def compute_reference(module: Any, samples: list[SampleSet]) -> list[list[np.nda
                 ) from None
             references.append([t.detach().float().numpy().copy() for t in flatten_outputs(out)])
     return references
-
-
-def flatten_outputs(out: Any) -> list[Any]:
-    """A module's outputs (tensors, nested in tuples, lists or dicts) as a flat list, in order."""
-    if isinstance(out, list | tuple):
-        return [t for item in out for t in flatten_outputs(item)]
-    if isinstance(out, dict):
-        return [t for item in out.values() for t in flatten_outputs(item)]
-    return [out]
 
 
 def run_onnx(

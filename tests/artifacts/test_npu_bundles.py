@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import build_artifact, make_run_folder
+from tests.helpers import build_artifact, digits_split, export_onnx, make_run_folder, trained_digits_cnn
 
 
 def _target(name: str, config: str | None = None) -> Any:
@@ -153,55 +153,11 @@ def test_a_model_that_would_run_entirely_on_the_cpu_is_refused(tmp_path: Path) -
     assert info.value.result["whole_model_on_cpu"] is True
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.kron(digits.images.astype(np.float32) / 16.0, np.ones((2, 2), dtype=np.float32))
-    images = ((images - 0.5) / 0.5)[:, None]
-    order = np.random.default_rng(0).permutation(len(images))
-    train, test = order[:1300], order[1300:]
-    return images[train], digits.target[train], images[test], digits.target[test]
-
-
 def _trained_cnn(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
-    """A small VGG-style CNN trained on the digits for 6 epochs, exported with the dynamo exporter."""
+    """The digits CNN (``trained_digits_cnn``), exported with the dynamo exporter and a dynamic batch."""
     import torch
-    from torch import nn
 
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
-    for _epoch in range(6):
-        for i in torch.randperm(len(xt)).split(64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt[i]), yt[i]).backward()
-            optimizer.step()
-    model.eval()
-    torch.onnx.export(
-        model,
-        (xt[:2],),
-        str(path),
-        dynamo=True,
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-    )
-    return path
+    return export_onnx(trained_digits_cnn(x, y), path, example=torch.from_numpy(x[:2]))
 
 
 def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -213,7 +169,7 @@ def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_trained_digits_cnn_keeps_its_accuracy_in_every_npu_format(tmp_path: Path) -> None:
-    x_train, y_train, x_test, y_test = _digits()
+    x_train, y_train, x_test, y_test = digits_split()
     source = _trained_cnn(x_train, y_train, tmp_path / "digits.onnx")
     cases = (
         ("vitis-ai-vek385", "vaiml", "VINT8"),

@@ -7,24 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import HARDWARE, build_artifact
-
-
-def _export(model, example, path: Path) -> Path:  # type: ignore[no-untyped-def]
-    """Export as the pipeline does: dynamo exporter, dynamic batch named "batch"."""
-    import torch
-
-    model.eval()
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        dynamo=True,
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-    )
-    return path
+from tests.helpers import HARDWARE, build_artifact, digits_split, export_onnx, trained_digits_cnn
 
 
 def _run(path: Path, data: np.ndarray) -> np.ndarray:
@@ -37,61 +20,14 @@ def _run(path: Path, data: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x[None]})[0] for x in data])
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0
-    images = np.kron(images, np.ones((2, 2), dtype=np.float32))  # 8x8 -> 16x16
-    images = ((images - 0.5) / 0.5)[:, None]
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(images))
-    train, test = order[:1300], order[1300:]
-    return images[train], digits.target[train], images[test], digits.target[test]
-
-
-def _vgg_style():  # type: ignore[no-untyped-def]
-    import torch
-    from torch import nn
-
-    class SmallVgg(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(16, 16, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            )
-            self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.classifier(torch.flatten(self.features(x), 1))
-
-    return SmallVgg()
-
-
 def test_digits_power_of_two_loses_at_most_one_point(tmp_path: Path) -> None:
     import torch
 
     from onnx_pipeline.targets import load_target
 
-    torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = _digits()
-    model = _vgg_style()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train).long()
-    for _epoch in range(6):
-        for i in torch.randperm(len(xt)).split(64):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(xt[i]), yt[i])
-            loss.backward()
-            optimizer.step()
-    path = _export(model, torch.from_numpy(x_test[:2]), tmp_path / "model.onnx")
+    x_train, y_train, x_test, y_test = digits_split()
+    model = trained_digits_cnn(x_train, y_train)
+    path = export_onnx(model.eval(), tmp_path / "model.onnx", example=torch.from_numpy(x_test[:2]))
 
     target = load_target("vitis-ai-zcu102")
     artifacts = build_artifact(path, target, "vitis-ai", x_train[:64], x_test, tmp_path / "bundle", synthetic=False)
@@ -129,13 +65,12 @@ def _rescaled_vgg16():  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_vgg16_every_board(tmp_path: Path) -> None:
-    import torch
 
     from onnx_pipeline.targets import load_target
     from onnx_pipeline.vitis.dpu_report import build_dpu_report
     from onnx_pipeline.vitis.graph import load_parts, to_static_opset17
 
-    path = _export(_rescaled_vgg16(), torch.randn(1, 3, 224, 224), tmp_path / "vgg16.onnx")
+    path = export_onnx(_rescaled_vgg16(), tmp_path / "vgg16.onnx", size=224)
     parts = load_parts(path)
     to_static_opset17(parts)
     boards = [t for t in (load_target(p.stem) for p in sorted(HARDWARE.glob("vitis-ai-*.toml"))) if t.dpu]

@@ -14,20 +14,19 @@ from onnx_pipeline.cli import app, output
 from onnx_pipeline.cli.output import progress_display
 
 
-def _console(terminal: bool) -> tuple[Console, io.StringIO]:
+def _stages(monkeypatch: pytest.MonkeyPatch, enabled: bool, stdout_terminal: bool, stages: list[str]) -> str:
+    """Run ``stages`` under ``progress_display`` with a terminal stderr; what stderr showed."""
     sink = io.StringIO()
-    return Console(file=sink, force_terminal=terminal, width=100), sink
+    monkeypatch.setattr(output, "err", Console(file=sink, force_terminal=True, width=100))
+    monkeypatch.setattr(output, "out", Console(file=io.StringIO(), force_terminal=stdout_terminal, width=100))
+    with progress_display(enabled, bars=True) as step:
+        for stage in stages:
+            step(stage)
+    return sink.getvalue()
 
 
 def test_bars_name_every_stage_and_finish_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    err, sink = _console(terminal=True)
-    out, _ = _console(terminal=True)
-    monkeypatch.setattr(output, "err", err)
-    monkeypatch.setattr(output, "out", out)
-    with progress_display(True, bars=True) as step:
-        step("export")
-        step("bundle cuda: fp16")
-    text = sink.getvalue()
+    text = _stages(monkeypatch, True, True, ["export", "bundle cuda: fp16"])
     assert "export" in text and "bundle cuda: fp16" in text
     assert text.count("✓") >= 2  # both stages shown finished
 
@@ -36,13 +35,7 @@ def test_bars_name_every_stage_and_finish_it(monkeypatch: pytest.MonkeyPatch) ->
 def test_no_bars_under_json_or_when_stdout_is_piped(
     monkeypatch: pytest.MonkeyPatch, enabled: bool, stdout_terminal: bool
 ) -> None:
-    err, sink = _console(terminal=True)
-    out, _ = _console(terminal=stdout_terminal)
-    monkeypatch.setattr(output, "err", err)
-    monkeypatch.setattr(output, "out", out)
-    with progress_display(enabled, bars=True) as step:
-        step("export")
-    assert "━" not in sink.getvalue()
+    assert "━" not in _stages(monkeypatch, enabled, stdout_terminal, ["export"])
 
 
 def test_bundle_with_progress_and_json_prints_only_json(tiny_run: Path, tmp_path: Path) -> None:

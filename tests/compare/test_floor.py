@@ -6,29 +6,30 @@ import math
 
 import numpy as np
 
-from onnx_pipeline.compare.floor import EPS32, FLOOR_ULPS, error_stats, format_ratio, noise_floor
+from onnx_pipeline.compare.floor import EPS32, FLOOR_ULPS, NoiseFloor, error_stats, format_ratio, noise_floor
 
 
 def _rounded(exact: np.ndarray) -> np.ndarray:
     return exact.astype(np.float32).astype(np.float64)
 
 
-def test_a_faithful_float32_result_sits_at_the_floor() -> None:
-    rng = np.random.default_rng(0)
+def _floor(seed: int, onnx_noise: float) -> NoiseFloor:
+    """PyTorch float32 with noise 1e-6 around the exact values, the ONNX result with ``onnx_noise``."""
+    rng = np.random.default_rng(seed)
     exact = rng.standard_normal((4, 1000))
     torch32 = exact + rng.standard_normal(exact.shape) * 1e-6
-    onnx = exact + rng.standard_normal(exact.shape) * 1e-6
-    floor = noise_floor(exact, torch32, onnx, factor=10)
+    onnx = exact + rng.standard_normal(exact.shape) * onnx_noise
+    return noise_floor(exact, torch32, onnx, factor=10)
+
+
+def test_a_faithful_float32_result_sits_at_the_floor() -> None:
+    floor = _floor(0, 1e-6)
     assert 0.5 < floor.ratio < 2 and floor.within
     assert not floor.floor_at_lower_bound
 
 
 def test_a_fault_thirty_times_the_rounding_is_caught() -> None:
-    rng = np.random.default_rng(1)
-    exact = rng.standard_normal((4, 1000))
-    torch32 = exact + rng.standard_normal(exact.shape) * 1e-6
-    onnx = exact + rng.standard_normal(exact.shape) * 3e-5
-    floor = noise_floor(exact, torch32, onnx, factor=10)
+    floor = _floor(1, 3e-5)
     assert floor.ratio_max > 20 and floor.ratio_mean > 20 and not floor.within
     assert "allowed 10×" in floor.describe()
 

@@ -94,16 +94,6 @@ def test_a_code_path_disguised_as_a_registry_name_is_refused(tiny_run: Path, tmp
 # --- 2: no path leaves the folder ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cpu_bundle(tiny_run: Path, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from onnx_pipeline import api
-
-    run = tmp_path_factory.mktemp("sec") / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
-    api.bundle(run, ["cpu-x86_64"], calibration_images=photos)
-    return run / "bundles" / "cpu-x86_64"
-
-
 def _outside_model(tmp_path: Path, bundle: Path) -> Path:
     outside = tmp_path / "outside.onnx"
     shutil.copy(bundle / "model.fp32.onnx", outside)

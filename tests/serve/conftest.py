@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,14 +11,9 @@ from tests.serve.server_process import ServerProcess, running_server
 
 
 @pytest.fixture(scope="session")
-def served_bundle(tiny_run: Path, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def served_bundle(cpu_bundle: Path) -> Path:
     """A cpu-x86_64 bundle of the tiny model (int8 by default), calibrated on real photographs."""
-    from onnx_pipeline import api
-
-    run = tmp_path_factory.mktemp("serve") / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
-    api.bundle(run, ["cpu-x86_64"], calibration_images=photos)
-    return run / "bundles" / "cpu-x86_64"
+    return cpu_bundle
 
 
 @pytest.fixture(scope="module")

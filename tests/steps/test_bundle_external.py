@@ -8,8 +8,6 @@ keep the bundle loadable from elsewhere. tests/test_large_model.py does the same
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import onnx
@@ -18,6 +16,7 @@ import pytest
 from onnx_pipeline import api
 from onnx_pipeline.artifacts import fp32_optimized
 from onnx_pipeline.onnxfile import write as write_module
+from tests.helpers import check_moved_bundles
 
 TARGETS = ("cpu-x86_64", "cuda", "vitis-ai-kv260")
 LIMIT = 40_000
@@ -55,19 +54,7 @@ def test_every_target_writes_external_data_when_the_model_is_too_large(
     assert _locations(vitis / "model_fp32.onnx") == {"model_fp32.onnx.data"}
     assert not _locations(vitis / "model_xint8_qdq.onnx")
     # a bundle copied elsewhere verifies (hashes, fidelity) and predicts from another working directory
-    moved = tmp_path / "moved"
-    for target in TARGETS:
-        shutil.copytree(run / "bundles" / target, moved / target)
-    shutil.rmtree(run)
-    cwd = os.getcwd()
-    try:
-        os.chdir(tmp_path)
-        for target in TARGETS:
-            assert api.verify(moved / target).status == "passed", target
-            (prediction,) = api.predict(moved / target, [next(photos.glob("*.jpg"))])
-            assert 0.0 <= prediction.probability <= 1.0
-    finally:
-        os.chdir(cwd)
+    check_moved_bundles(run, TARGETS, tmp_path / "moved", next(photos.glob("*.jpg")), tmp_path)
 
 
 def test_fp16_and_triton_carry_their_data_file(small_limit: None, tmp_path: Path, photos: Path,

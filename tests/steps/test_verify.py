@@ -107,31 +107,22 @@ def test_tampered_run_folder_is_refused(tiny_run: Path, tmp_path: Path) -> None:
         run_verify(VerifyRequest(path=copy))
 
 
-def test_degenerate_near_zero_outputs_do_not_pass(tmp_path: Path) -> None:
-    factory = tmp_path / "tiny_outputs.py"
+@pytest.mark.parametrize(
+    ("forward", "message"),
+    [
+        ("x.mean(dim=(2, 3)) * 1e-9", "near zero"),
+        ("x[:, :1, 0, 0] * 0 + torch.arange(4.0)", "constant across inputs"),
+    ],
+    ids=["near-zero", "constant"],
+)
+def test_degenerate_outputs_do_not_pass(tmp_path: Path, forward: str, message: str) -> None:
+    factory = tmp_path / "degenerate.py"
     factory.write_text(
-        "import torch\n"
-        "class M(torch.nn.Module):\n"
-        "    def forward(self, x):\n"
-        "        return x.mean(dim=(2, 3)) * 1e-9\n"
+        f"import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return {forward}\n"
         "def build():\n    return M()\n"
     )
     _export_plain(f"{factory}:build", tmp_path / "m.onnx", (1, 3, 8, 8))
-    with pytest.raises(VerificationError, match="near zero"):
-        _verify_file(tmp_path / "m.onnx", ModelConfig(model=f"{factory}:build", input_shape=(1, 3, 8, 8)))
-
-
-def test_degenerate_constant_outputs_do_not_pass(tmp_path: Path) -> None:
-    factory = tmp_path / "constant.py"
-    factory.write_text(
-        "import torch\n"
-        "class M(torch.nn.Module):\n"
-        "    def forward(self, x):\n"
-        "        return x[:, :1, 0, 0] * 0 + torch.arange(4.0)\n"
-        "def build():\n    return M()\n"
-    )
-    _export_plain(f"{factory}:build", tmp_path / "m.onnx", (1, 3, 8, 8))
-    with pytest.raises(VerificationError, match="constant across inputs"):
+    with pytest.raises(VerificationError, match=message):
         _verify_file(tmp_path / "m.onnx", ModelConfig(model=f"{factory}:build", input_shape=(1, 3, 8, 8)))
 
 

@@ -135,15 +135,17 @@ def test_invalid_profile_refused(tmp_path: Path, edit, message: str) -> None:  #
         builders_for(load_target(_write(tmp_path, edit(MINIMAL))))  # profile rules, then the builders' own
 
 
-def test_artifact_needs_its_table(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("artifact", "table"), [("int8-qdq", "quantization"), ("vitis-ai", "dpu")])
+def test_artifact_needs_its_table(tmp_path: Path, artifact: str, table: str) -> None:
     text = MINIMAL.replace('precisions = ["fp32"]', 'precisions = ["fp32", "int8"]')
-    text = text.replace('artifacts = ["fp32-optimized"]', 'artifacts = ["fp32-optimized", "int8-qdq"]')
+    text = text.replace('artifacts = ["fp32-optimized"]', f'artifacts = ["fp32-optimized", "{artifact}"]')
     text += (
         "\n[fidelity.int8]\nmin_cosine = 0.9\nmin_sqnr_db = 10.0\nmin_top1_agreement = 0.5\nmin_top5_agreement = 0.5\n"
     )
-    with pytest.raises(TargetError, match=r"int8-qdq.*\[quantization\]"):
+    with pytest.raises(TargetError, match=rf"{artifact}.*\[{table}\]"):
         builders_for(load_target(_write(tmp_path, text)))
-    assert load_target(_write(tmp_path, text + "\n[quantization]\nreduce_range = true\n")).quantization is not None
+    if table == "quantization":
+        assert load_target(_write(tmp_path, text + "\n[quantization]\nreduce_range = true\n")).quantization
 
 
 def test_unknown_name_lists_known_targets() -> None:
@@ -176,16 +178,6 @@ def test_dpu_table_is_parsed_with_the_target(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match=r"dpu\.bad"):
         load_target(_write(tmp_path, text + "bad = 1\n"))
     assert load_target(_write(tmp_path, MINIMAL)).dpu is None
-
-
-def test_vitis_artifact_needs_dpu_table(tmp_path: Path) -> None:
-    text = MINIMAL.replace('precisions = ["fp32"]', 'precisions = ["fp32", "int8"]')
-    text = text.replace('artifacts = ["fp32-optimized"]', 'artifacts = ["vitis-ai"]')
-    text += (
-        "\n[fidelity.int8]\nmin_cosine = 0.9\nmin_sqnr_db = 10.0\nmin_top1_agreement = 0.5\nmin_top5_agreement = 0.5\n"
-    )
-    with pytest.raises(TargetError, match=r"\[dpu\]"):
-        builders_for(load_target(_write(tmp_path, text)))
 
 
 def test_pipeline_defaults() -> None:

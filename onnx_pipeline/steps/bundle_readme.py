@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from onnx_pipeline.artifacts.base import ArtifactResult, BundleData
+from onnx_pipeline.artifacts.base import ArtifactResult
+from onnx_pipeline.bundling.data import BundleData
 from onnx_pipeline.manifest import RunManifest
 from onnx_pipeline.targets import HardwareTarget
 
