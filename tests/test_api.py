@@ -19,3 +19,12 @@ def test_api_export_and_verify(tmp_path: Path, tiny_run: Path) -> None:
         api.verify(tiny_run, atol=0.0, rtol=0.0, min_cosine=1.0)
     with pytest.raises(ModelSourceError):
         api.export("no_such_model", output=tmp_path / "x")
+
+
+def test_fixed_tolerances_skip_the_float64_run(tiny_run: Path) -> None:
+    fixed = api.verify(tiny_run, atol=1e-3, rtol=1e-3).steps["verify"]
+    assert fixed["rule"] == "fixed" and "float64 run was skipped" in fixed["float64_unavailable"]
+    assert all(o["noise"] is None for o in fixed["outputs"])
+    default = api.verify(tiny_run).steps["verify"]
+    assert default["rule"] == "noise-floor" and default["float64_unavailable"] is None
+    assert all(o["noise"] is not None for o in default["outputs"])
