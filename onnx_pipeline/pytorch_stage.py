@@ -192,9 +192,9 @@ def call_torch(isolate: bool, fn: Callable[..., Any], *args: Any) -> Any:
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     worker = context.Process(target=_worker, args=(sender, fn, args), daemon=True)
-    _start_ignoring_sigint(worker)
-    sender.close()
     try:
+        _start_with_signals_held(worker)
+        sender.close()
         while not receiver.poll(0.2):
             if not worker.is_alive() and not receiver.poll(0):
                 raise StepError(
@@ -208,10 +208,11 @@ def call_torch(isolate: bool, fn: Callable[..., Any], *args: Any) -> Any:
                 "the PyTorch process died before it answered: run again with --no-isolate --debug"
             ) from None
     except BaseException:
-        worker.terminate()
-        worker.join(5)
-        if worker.is_alive():
-            worker.kill()
+        if worker.pid is not None:
+            worker.terminate()
+            worker.join(5)
+            if worker.is_alive():
+                worker.kill()
         raise
     finally:
         receiver.close()
@@ -226,24 +227,50 @@ def call_torch(isolate: bool, fn: Callable[..., Any], *args: Any) -> Any:
     raise StepError(f"the PyTorch process failed: {value}. Run again with --no-isolate --debug to see the traceback")
 
 
-def _start_ignoring_sigint(worker: Any) -> None:
-    """Start ``worker`` with SIGINT ignored from its first instruction.
+_HELD_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _held_signals() -> set[int]:
+    import signal
+
+    return {int(getattr(signal, name)) for name in _HELD_SIGNALS if hasattr(signal, name)}
+
+
+def _start_with_signals_held(worker: Any) -> None:
+    """Start ``worker`` with SIGINT, SIGTERM and SIGHUP held (deferred, not lost) while it starts.
 
     Ctrl-C reaches the whole foreground process group: a worker still starting up (before ``_worker``
-    can ignore it) would die with a KeyboardInterrupt traceback on the user's terminal. An ignored
-    signal stays ignored across exec, and Python then leaves it so.
+    can ignore it) would die with a KeyboardInterrupt traceback on the user's terminal, and this process
+    interrupted halfway through the start would leave the worker reading a half-sent request (another
+    traceback). So the signals are blocked (a blocked signal stays blocked across fork and exec: the
+    worker starts with them held and ``_worker`` decides) and, here, recorded while the start runs;
+    once the worker is started, a recorded signal is acted on as its own handler would have, and the
+    caller terminates the worker. Ignoring SIGINT here instead would lose it: the export would run on.
     """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         worker.start()
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # first: starting it unblocks SIGINT and SIGTERM here when it is done
+    caught: list[int] = []
+    handlers = {number: signal.signal(number, lambda n, _f: caught.append(n)) for number in _held_signals()}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(handlers))
     try:
         worker.start()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what arrived meanwhile reaches the recorder now
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    for number in dict.fromkeys(caught):
+        handler = handlers[number]
+        if callable(handler):
+            handler(number, None)  # raises: KeyboardInterrupt, or the CLI's Terminated
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(number)
 
 
 def _worker(sender: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -251,8 +278,10 @@ def _worker(sender: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     import signal
     import warnings
 
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates this process
+    if hasattr(signal, "pthread_sigmask"):  # held while the parent started this process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _held_signals())
+    _die_with_parent()
     warnings.simplefilter("ignore")  # torch's warnings would break the CLI's one-line error
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # the parent's stdout may be --json: nothing of torch's goes there

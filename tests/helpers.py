@@ -407,3 +407,27 @@ def tight_profile(tmp_path: Path, fraction: float = 0.5) -> Path:
     assert f"max_float_layers_fraction = {fraction}" in int8
     path.write_text(f"{head}[fidelity.int8]{int8}", encoding="utf-8")
     return path
+
+
+#: runs its arguments as a command and writes the kernel's peak RSS of that command (and the processes it
+#: waited for) on its last stderr line. A fresh, small process in between is needed: the kernel counts the
+#: memory of the process that forked (vfork) a command in the command's own peak, so measured straight
+#: from pytest the figure would be pytest's peak so far, not the command's.
+_PEAK_WRAPPER = r"""
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+sys.stderr.write("\n__maxrss_kb__=%d\n" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def run_with_peak_rss(command: Sequence[str], env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
+    """(exit code, stdout, stderr, peak RSS in bytes of ``command`` and its workers) of ``command``."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *command], capture_output=True, text=True, env=env)
+    stderr, _, last = proc.stderr.rstrip().rpartition("\n")
+    if not last.startswith("__maxrss_kb__="):
+        raise AssertionError(f"the peak RSS wrapper failed: {proc.stderr[-2000:]}")
+    return proc.returncode, proc.stdout, stderr, int(last.split("=", 1)[1]) * 1024.0

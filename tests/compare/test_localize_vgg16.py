@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.helpers import TESTS
+from tests.helpers import TESTS, run_with_peak_rss
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +23,8 @@ def _cli(*args: str) -> tuple[int, dict, float]:
     """(exit code, JSON report, peak RSS in bytes of the process and its workers)."""
     root = str(TESTS.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([sys.executable, "-m", "onnx_pipeline", *args, "--json"], stdout=out, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        out.seek(0)
-        text = out.read().decode()
-    return os.waitstatus_to_exitcode(status), json.loads(text), usage.ru_maxrss * 1024.0
+    code, stdout, _, peak = run_with_peak_rss([sys.executable, "-m", "onnx_pipeline", *args, "--json"], env)
+    return code, json.loads(stdout), peak
 
 
 def test_vgg16_scaled_channel_is_caught_and_localised_under_4_gb(tmp_path: Path) -> None:
