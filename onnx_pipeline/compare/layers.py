@@ -22,6 +22,7 @@ import numpy as np
 from onnx_pipeline.compare.probe import PROBE_BYTES, OnnxProbe, chunks
 from onnx_pipeline.compare.scopes import node_module
 from onnx_pipeline.errors import BundleError, PipelineError
+from onnx_pipeline.onnxfile import ModelParts
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ def layer_figures(reference: np.ndarray, test: np.ndarray) -> tuple[float, float
 
 
 def compare_onnx_models(
-    reference_model: str | Path | Any,
-    lowered_model: str | Path | Any,
+    reference_model: str | Path | ModelParts | Any,
+    lowered_model: str | Path | ModelParts | Any,
     inputs: np.ndarray | Sequence[np.ndarray],
     *,
     qdq_as_float: bool = True,
@@ -100,7 +101,7 @@ def compare_onnx_models(
 ) -> LayerTable:
     """SQNR and cosine of every layer ``lowered_model`` shares with ``reference_model``, on ``inputs``.
 
-    Models are paths or loaded ``ModelProto``s; ``inputs`` one batch or several (each runs as given:
+    Models are paths, ``ModelParts`` or loaded ``ModelProto``s; ``inputs`` one batch or several (each runs as given:
     a static-batch model needs batches of its size). ``qdq_as_float`` runs QuantizeLinear/DequantizeLinear
     as written (the float simulation of the integer model, as the fidelity figures measure it).
     """

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from onnx_pipeline.errors import PipelineError, VerificationError
-from onnx_pipeline.onnxfile import large_initializers, load_onnx, weightless_copy
+from onnx_pipeline.files import release_memory
+from onnx_pipeline.onnxfile import ModelParts, large_initializers, load_parts, weightless_copy
+from onnx_pipeline.onnxfile.parts import release_mapping
 
 #: default budget for one probe call: the probed tensors of every sample, as onnxruntime returns them
 PROBE_BYTES = 64 << 20
@@ -26,32 +28,36 @@ class OnnxProbe:
 
     def __init__(
         self,
-        model: str | Path | Any,
+        model: str | Path | ModelParts | Any,
         *,
         providers: Sequence[str] | None = None,
         qdq_as_float: bool = False,
         error: type[PipelineError] = VerificationError,
     ) -> None:
+        """``model``: a path (its weights mapped, not read), ``ModelParts`` (its arrays used where they are,
+        never copied: a model over 2 GB costs no second copy), or a loaded ``ModelProto``."""
         import onnx
 
-        loaded = load_onnx(Path(model)) if isinstance(model, str | Path) else model
-        self.name = Path(model).name if isinstance(model, str | Path) else (loaded.graph.name or "model")
-        initializers = {i.name for i in loaded.graph.initializer}
-        inputs = [i.name for i in loaded.graph.input if i.name not in initializers]
+        self._maps: list[Any] = []
+        if isinstance(model, str | Path):
+            self.name = Path(model).name
+            model = load_parts(Path(model))
+        if isinstance(model, ModelParts):
+            self.name = getattr(self, "name", None) or model.skeleton.graph.name or "model"
+            self._names = [t.name for t in model.skeleton.graph.initializer if t.name in model.weights]
+            self._arrays = model.session_arrays(self._names)
+            self._skeleton = model.weightless()
+            self._maps = list(model.maps)
+        else:
+            self.name = model.graph.name or "model"
+            self._names, self._arrays, self._skeleton = _split(model)
+        #: the graph (large weights as placeholders)
+        self.model = self._skeleton
+        initializers = {i.name for i in self._skeleton.graph.initializer}
+        inputs = [i.name for i in self._skeleton.graph.input if i.name not in initializers]
         if len(inputs) != 1:
             raise error(f"{self.name} has {len(inputs)} inputs: per-layer comparison handles single-input models")
         self.input_name = inputs[0]
-        from onnx import numpy_helper
-
-        large = large_initializers(loaded)
-        self._names = [t.name for t in loaded.graph.initializer if t.name in large]
-        self._arrays = [
-            np.ascontiguousarray(numpy_helper.to_array(t)) for t in loaded.graph.initializer if t.name in large
-        ]
-        self._skeleton = weightless_copy(loaded, large)
-        #: the graph (large weights as placeholders): the loaded model's copy of the weights is let go
-        self.model = self._skeleton
-        del loaded
         try:  # shapes only size the probe calls: a model shape inference cannot follow still runs
             self._per_sample = _per_sample_elements(onnx.shape_inference.infer_shapes(self._skeleton).graph)
         except Exception:
@@ -68,14 +74,14 @@ class OnnxProbe:
         """``tensors`` on every batch, concatenated on the batch axis."""
         import onnx
 
-        from onnx_pipeline.runtime.session import SessionSettings, create_session
+        from onnx_pipeline.runtime.session import ONE_SHOT, create_session
 
         probed = onnx.ModelProto()
         probed.CopyFrom(self._skeleton)  # the graph only: the weights are placeholders
         del probed.graph.output[:]
         for name in tensors:
             probed.graph.output.add().name = name  # onnxruntime infers the type
-        settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
+        settings = ONE_SHOT
         session = create_session(
             probed.SerializeToString(),
             providers=self._providers,
@@ -89,7 +95,21 @@ class OnnxProbe:
         for batch in batches:
             for name, value in zip(tensors, session.run(list(tensors), {self.input_name: batch}), strict=True):
                 results[name].append(np.asarray(value))
+        del session
+        for mapped in self._maps:  # the weights' pages leave this process (re-read from the page cache)
+            release_mapping(mapped)
+        release_memory()  # the session's arena goes back before the next one is made
         return {name: np.concatenate(values) for name, values in results.items()}
+
+
+def _split(loaded: Any) -> tuple[list[str], list[np.ndarray], Any]:
+    """A loaded ModelProto's large initializers (names, arrays) and its weightless copy."""
+    from onnx import numpy_helper
+
+    large = large_initializers(loaded)
+    names = [t.name for t in loaded.graph.initializer if t.name in large]
+    arrays = [np.ascontiguousarray(numpy_helper.to_array(t)) for t in loaded.graph.initializer if t.name in large]
+    return names, arrays, weightless_copy(loaded, large)
 
 
 def _per_sample_elements(graph: Any) -> dict[str, int]:

@@ -24,8 +24,9 @@ import numpy as np
 
 from onnx_pipeline.compare.keep_float import keep_in_float, match_layers
 from onnx_pipeline.compare.layers import compare_onnx_models, layer_figures
+from onnx_pipeline.files import release_memory
 from onnx_pipeline.onnxfile import ModelParts
-from onnx_pipeline.runtime.session import SessionSettings, create_session
+from onnx_pipeline.runtime.session import ONE_SHOT, create_session
 
 #: the layers whose precision matters: they carry weights or combine tensors
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Sub", "Concat", "BatchNormalization")
@@ -88,12 +89,15 @@ class VariantRunner:
     def outputs(self, layers: Sequence[str]) -> list[np.ndarray]:
         variant = keep_in_float(self.lowered, self.reference, layers, half=self.half) if layers else self.lowered
         model, external = variant.session_source()
-        # One short run: the weights are used where they are, not packed into a second copy.
-        settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
         session = create_session(
-            model, settings=settings, external_initializers=external, what="a kept-in-float variant"
+            model, settings=ONE_SHOT, external_initializers=external, what="a kept-in-float variant"
         )
-        return self.run(session, self.inputs)
+        outputs = self.run(session, self.inputs)
+        del session, variant
+        self.lowered.release()
+        self.reference.release()
+        release_memory()  # one variant's session and float weights go back before the next is made
+        return outputs
 
 
 def output_figures(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -120,8 +124,8 @@ def analyse_sensitivity(
     """
     start = time.perf_counter()
     table = compare_onnx_models(
-        runner.reference.full_model(),
-        runner.lowered.full_model(),
+        runner.reference,  # the arrays as they are: no copy of a model that may be over 2 GB
+        runner.lowered,
         list(batches),
         qdq_as_float=qdq_as_float,
         budget=PROBE_BUDGET,

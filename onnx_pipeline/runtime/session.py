@@ -161,6 +161,12 @@ def _option_str(value: Any) -> str:
     return str(value)
 
 
+#: a session made for one short run (a probe, a variant, a check): the weights are used where they are,
+#: not prepacked into a second copy, and with no arena its temporaries (a large layer's dequantized
+#: weights, activations) go back to the heap after each run instead of staying reserved
+ONE_SHOT = SessionSettings(enable_cpu_mem_arena=False, config_entries={"session.disable_prepacking": "1"})
+
+
 def create_session(
     model: str | Path | bytes,
     *,
@@ -177,8 +183,8 @@ def create_session(
     - ``providers``: names or ``(name, options)`` in order of preference (default: the CPU provider);
       the ones this onnxruntime lacks are dropped with a warning.
     - ``settings``: session options (default ``SessionSettings()``: level "all", onnxruntime's threads).
-    - ``qdq_as_float``: keep every QuantizeLinear/DequantizeLinear as written and run at the "basic"
-      level, so the session is the float simulation of the integer pipeline, not onnxruntime's int8
+    - ``qdq_as_float``: keep every QuantizeLinear/DequantizeLinear as written and run the graph
+      unoptimised, so the session is the float simulation of the integer pipeline, not onnxruntime's int8
       kernels (what the Vitis AI quantizer and the per-layer comparisons measure).
     - ``external_initializers``: (names, arrays) handed to onnxruntime in memory for a model whose
       large initializers are placeholders (``onnxfile.weightless``); the arrays must stay alive.
@@ -190,7 +196,10 @@ def create_session(
     options = settings.build()
     if qdq_as_float:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
-        options.graph_optimization_level = optimization_level("basic")
+        # No graph optimisation: with the QDQ kept, onnxruntime's constant folding would turn every
+        # DequantizeLinear of a weight into a float32 copy of it (a second float model in memory, for
+        # each session); the float simulation computes the same values at run time.
+        options.graph_optimization_level = optimization_level("disabled")
     if external_initializers is not None:
         names, arrays = external_initializers
         if names:
