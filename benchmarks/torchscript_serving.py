@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnx_pipeline import api
-from tests.helpers import build_classify, torchserve_running, write_photos
+from tests.helpers import write_photos
+from tests.torch_deploy import build_classify, torchserve_running
 
 
 def _ms(values: list[float]) -> dict[str, float]:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from onnx_pipeline import api
-from tests.helpers import TINY_CLASSES, build_classify, torchserve_running
+from tests.helpers import TINY_CLASSES
+from tests.torch_deploy import build_classify, torchserve_running
 
 pytestmark = pytest.mark.slow
 #: probabilities from LibTorch/TorchServe against onnxruntime's (float32 kernels of two libraries)
