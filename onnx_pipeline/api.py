@@ -5,6 +5,7 @@
     api.verify("runs/vgg16")
     api.bundle("runs/vgg16", ["cpu-x86_64"], calibration_images="photos/")
     api.predict("runs/vgg16/bundles/cpu-x86_64", ["cat.jpg"])
+    api.preprocess("cat.jpg", "runs/vgg16/bundles/torchscript", "cat.bin")  # the C++ program's input
     api.bench("runs/vgg16/bundles/cpu-x86_64", batch_sizes=[1])
     api.serve(["runs/vgg16/bundles/cpu-x86_64"], port=8000)
     api.report("runs/vgg16/bundles/cpu-x86_64", bench="bench.json")
@@ -202,11 +203,14 @@ def bundle(
     seed: int = 0,
     force: bool = False,
     fallback: bool = True,
+    trust_source: bool = False,
     progress: Progress = _quiet,
 ) -> RunReport:
     """Build ``run/bundles/<target>/`` for each target (``onnx-pipeline bundle``).
 
     ``fallback=False``: a model that misses its thresholds fails as it is (no layer kept in float).
+    Targets built from the PyTorch model (``torchscript``, ``torchserve``) rebuild the run's model from its
+    recorded source; a source that runs code (a factory, an archive, a weights file) needs ``trust_source``.
     """
     from onnx_pipeline.pipeline import run_bundle
 
@@ -216,6 +220,7 @@ def bundle(
         seed=seed,
         force=force,
         fallback=fallback,
+        trust_source=trust_source,
     )
     return run_bundle(Path(run), list(targets), config, progress=progress)
 
@@ -242,6 +247,25 @@ def predict(
         raise InputError("--top-k must be at least 1")
     loaded = load_bundle(bundle, model=model, providers=providers)
     return [loaded.predict(image, top_k=top_k) for image in images]
+
+
+def preprocess(image: str | Path, bundle: str | Path, output: str | Path) -> Path:
+    """Apply a bundle's preprocessing to ``image`` and write the batch of one as a tensor file (``onnx-pipeline
+    preprocess``): the input of the torchscript bundle's C++ program (format: ``runtime.tensorfile``).
+
+    Only the bundle's manifest is read (validated; its files are not hashed). Returns ``output``.
+    """
+    from onnx_pipeline.errors import InputError
+    from onnx_pipeline.manifest import read_manifest
+    from onnx_pipeline.runtime.preprocess import load_image, preprocess_image
+    from onnx_pipeline.runtime.tensorfile import write_tensor
+
+    manifest = read_manifest(Path(bundle), check=False)
+    spec = manifest.preprocessing
+    if spec is None:
+        raise InputError(f"{bundle} has no image preprocessing (not an image model): write its input yourself")
+    sample = preprocess_image(load_image(Path(image), color=spec.color), spec)
+    return write_tensor(Path(output), sample[None])
 
 
 def bench(

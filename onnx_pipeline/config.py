@@ -303,6 +303,8 @@ class BundleConfig:
     force: bool = False
     #: keep the most sensitive layers of a model that misses its thresholds in float (the profile's budget)
     fallback: bool = True
+    #: rebuild the run's PyTorch model (torchscript, torchserve) even when that runs code the folder names
+    trust_source: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:

@@ -95,7 +95,8 @@ def run_export(config: PipelineConfig, *, progress: Progress = _noop) -> RunRepo
                 fallback=config.fallback,
             )
             # The targets share the model, the data and the reference outputs (the manifest was just written).
-            shared = SharedInputs(work, run=manifest)
+            # a target that needs the PyTorch model (torchscript) rebuilds the one just exported, as exported
+            shared = SharedInputs(work, run=manifest, model=config.model)
             for target in targets:
                 _timed_bundle(work, target, bundle_config, report, progress, shared, final_dir=config.output)
             del shared

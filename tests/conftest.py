@@ -60,3 +60,17 @@ def cpu_bundle(tiny_run: Path, photos: Path, tmp_path_factory: pytest.TempPathFa
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
     api.bundle(run, ["cpu-x86_64"], calibration_images=photos)
     return run / "bundles" / "cpu-x86_64"
+
+
+@pytest.fixture(scope="session")
+def torch_bundles(tiny_run: Path, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run (copied) with its torchscript and torchserve bundles, held out on real photographs,
+    built by ``api.bundle`` from the run folder (do not modify: copy it). Returns the run folder."""
+    import shutil
+
+    from onnx_pipeline import api
+
+    run = tmp_path_factory.mktemp("torch-bundles") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("bundles"))
+    api.bundle(run, ["torchscript", "torchserve"], heldout_images=photos)
+    return run

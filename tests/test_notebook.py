@@ -27,3 +27,5 @@ def test_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "passed" in outputs and "caught: verification FAILED" in outputs
     assert "class_name" in outputs and "torch-eager" in outputs
     assert (tmp_path / "run" / "bundles" / "cpu-x86_64" / "manifest.json").is_file()
+    assert "verify: passed" in outputs and (tmp_path / "chelsea.bin").is_file()
+    assert (tmp_path / "run" / "bundles" / "torchserve" / "model.mar").is_file()

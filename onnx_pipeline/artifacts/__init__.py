@@ -62,6 +62,10 @@ def builders_for(target: HardwareTarget) -> list[ArtifactBuilder]:
         for other in builder.SPEC.needs:
             if other not in target.artifacts:
                 raise TargetError(f"{where}: artifact '{builder.SPEC.kind}' needs '{other}' in 'artifacts' too")
+        if not builder.SPEC.torch_module and not target.execution_providers:
+            raise TargetError(
+                f"{where}: artifact '{builder.SPEC.kind}' makes onnxruntime models: list 'execution_providers'"
+            )
     return sorted(builders, key=lambda b: b.SPEC.order)
 
 

@@ -6,6 +6,9 @@ A builder is a module of ``onnx_pipeline.artifacts`` named after the artifact ki
 models, its manifest section (recorded under ``artifacts[kind]``), its timings and its README lines.
 It never mutates the context; a builder that needs another kind's output reads ``ctx.built[kind]``.
 
+A builder whose ``SPEC.torch_module`` is set gets the run's PyTorch model as ``ctx.torch_model`` (a
+TorchScript model or archive is made from the module, not from ONNX); the others never load torch.
+
 The context is shared: the fp32 model is loaded once per call as ``ModelParts`` (its graph, and its
 weights as arrays mapped from the run's data file or read once), the held-out data and reference
 outputs are computed once for every target of one ``export``/``bundle`` call. A builder derives
@@ -98,6 +101,8 @@ class BuildContext:
     run_parts: ModelParts | None = None
     #: a lowered model that misses its thresholds keeps its most sensitive layers in float (``--no-fallback``: off)
     fallback: bool = True
+    #: the run's PyTorch model (eval mode), loaded only for a target with a ``torch_module`` builder; else None
+    torch_model: Any = None
 
     @property
     def model(self) -> Any:
@@ -198,6 +203,9 @@ class BuilderSpec:
     rewrites_opset: bool = False
     #: preference as the bundle's default model (lower first); None: never the default
     default_rank: int | None = None
+    #: it needs the PyTorch model (``ctx.torch_model``), and its models are not run by onnxruntime: the
+    #: bundle step rebuilds the run's model from its recorded source (see ``sources.model_config_from_source``)
+    torch_module: bool = False
 
 
 class ArtifactBuilder(Protocol):

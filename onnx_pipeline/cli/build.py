@@ -243,6 +243,7 @@ def bundle(
     seed: SeedOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing bundles.")] = False,
     no_fallback: NoFallbackOpt = False,
+    trust_source: TrustOpt = False,
     as_json: JsonOpt = False,
     show_progress: ProgressOpt = False,
     report: ReportOpt = None,
@@ -255,6 +256,8 @@ def bundle(
         onnx-pipeline bundle runs/vgg16 --target cpu-x86_64 --calibration-images photos/
 
         onnx-pipeline bundle runs/vgg16 -t cuda -t tensorrt -t vitis-ai-zcu102
+
+        onnx-pipeline bundle runs/vgg16 -t torchscript -t torchserve
     """
     from onnx_pipeline import api
 
@@ -269,6 +272,7 @@ def bundle(
                 seed=seed or 0,
                 force=force,
                 fallback=not no_fallback,
+                trust_source=trust_source,
             ),
             as_json=as_json,
             report=report,

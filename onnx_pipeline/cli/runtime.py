@@ -1,4 +1,4 @@
-"""Commands that use a bundle: predict, bench, serve, report (no torch on this side)."""
+"""Commands that use a bundle: predict, preprocess, bench, serve, report (no torch on this side)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,26 @@ def predict(
     for p in predictions:
         top = ", ".join(f"{escape(str(c.class_name))} ({c.class_id}) {c.probability:.1%}" for c in p.top_k)
         out.print(f"{escape(p.source)}: [bold]{escape(str(p.class_name))}[/] ({p.class_id}) — {top}", soft_wrap=True)
+
+
+@app.command()
+def preprocess(
+    image: Annotated[Path, typer.Argument(help="An image file (JPEG, PNG, ...).")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (RUN/bundles/TARGET) or a run folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The tensor file to write.")],
+    debug: DebugOpt = False,
+) -> None:
+    """Write IMAGE preprocessed as BUNDLE does it, as a tensor file (the torchscript bundle's C++ program input).
+
+    Examples:
+
+        onnx-pipeline preprocess hotdog.jpg runs/vgg16/bundles/torchscript -o hotdog.bin
+    """
+    from onnx_pipeline import api
+
+    with errors(debug):
+        written = api.preprocess(image, bundle, output)
+    out.print(f"wrote {escape(str(written))}", soft_wrap=True)
 
 
 @app.command()

@@ -178,6 +178,11 @@ class Bundle:
         else:
             requested = parse_providers(providers) if providers is not None else [(CPU_PROVIDER, {})]
             settings = settings or SessionSettings()
+        if chosen.format not in ("onnx", "ort"):
+            raise InputError(
+                f"{chosen.file} is a {chosen.format} model, which onnxruntime does not run: see the bundle's README.md "
+                "for how to run it (a bundle for an onnxruntime target runs here)"
+            )
         model_path = manifest.path(chosen.file, what="the model")
         session = create_session(model_path, providers=requested, settings=settings, error=BundleError)
         bundle = cls(manifest, chosen, session, tuple(requested), settings)

@@ -112,13 +112,9 @@ def model_config_from_source(
     ``tiny-vgg``) with random or ImageNet weights are rebuilt, after checking the name is one.
     """
     if source.runs_code and not trust:
-        what = {
-            "factory": f"the factory {source.location} (running it runs that code)",
-            "torchscript": f"the TorchScript archive {source.location} (loading it runs its code)",
-        }.get(source.kind, f"{source.model} with the weights file {source.weights_file or source.weights}")
         raise InputError(
-            f"the folder's model comes from {what}: name the model yourself with --model (and --weights), "
-            "or pass --trust-source if you trust where this folder came from"
+            f"the folder's model comes from {code_description(source)}: name the model yourself with --model "
+            "(and --weights), or pass --trust-source if you trust where this folder came from"
         )
     if not source.runs_code:
         resolve_spec(source.model, allow_code=False)  # a registered name, not code in disguise
@@ -135,6 +131,14 @@ def model_config_from_source(
         input_shape=input_shape,
         rescale_random=source.rescaled_random,
     )
+
+
+def code_description(source: ModelSource) -> str:
+    """What rebuilding ``source`` would run or read, for the error that asks for ``--trust-source``."""
+    return {
+        "factory": f"the factory {source.location} (running it runs that code)",
+        "torchscript": f"the TorchScript archive {source.location} (loading it runs its code)",
+    }.get(source.kind, f"{source.model} with the weights file {source.weights_file or source.weights}")
 
 
 def eager_model_builder(

@@ -33,7 +33,7 @@ from onnx_pipeline.artifacts.base import (
 from onnx_pipeline.bundling.data import prepare_data
 from onnx_pipeline.bundling.fidelity import Checked
 from onnx_pipeline.bundling.hashing import FileHasher
-from onnx_pipeline.config import BundleConfig
+from onnx_pipeline.config import BundleConfig, ModelConfig
 from onnx_pipeline.errors import BundleError, InputError, OutputExistsError, first_line
 from onnx_pipeline.files import atomic_output_dir
 from onnx_pipeline.manifest import BUNDLE_UNLISTED, BundleManifest, RunManifest, TargetInfo
@@ -96,10 +96,16 @@ class SharedInputs:
     held-out data, and the reference outputs on each distinct held-out set.
     """
 
-    def __init__(self, run_dir: Path, *, run: RunManifest | None = None) -> None:
-        """``run``: the folder's manifest when the caller has just written it (its files are not hashed again)."""
+    def __init__(self, run_dir: Path, *, run: RunManifest | None = None, model: ModelConfig | None = None) -> None:
+        """``run``: the folder's manifest when the caller has just written it (its files are not hashed again).
+
+        ``model``: the PyTorch model the caller exported (``export``); without it, a target that needs the
+        PyTorch model rebuilds it from the manifest's source, under ``model_config_from_source``'s trust rules.
+        """
         self.run_dir = Path(run_dir)
         self._run: RunManifest | None = run
+        self._model = model
+        self._torch_model: Any = None
         self._parts: dict[bool, ModelParts] = {}
         self._data: dict[tuple[Any, ...], BundleData] = {}
         self._reference: dict[str, tuple[np.ndarray, ...]] = {}
@@ -146,6 +152,14 @@ class SharedInputs:
             session = create_session(path, what=f"{path.name} (the run's model)")
             self._reference[key] = tuple(run_batches(session, heldout))
         return self._reference[key]
+
+    def torch_model(self, target: str, trust: bool) -> Any:
+        """The run's PyTorch model in eval mode, built once (from the exported config, or the manifest's source)."""
+        if self._torch_model is None:
+            from onnx_pipeline.sources import load_model
+
+            self._torch_model = load_model(self._model or _source_config(self.run(), target, trust)).module
+        return self._torch_model
 
     def release(self) -> None:
         """Drop the model's mapped pages from this process (between builders: they are read again if needed)."""
@@ -252,7 +266,25 @@ def _context(
         dynamic_batch=dynamic,
         run_parts=shared.parts(dynamic=run.dynamic_batch),
         fallback=config.fallback,
+        torch_model=shared.torch_model(target.name, config.trust_source)
+        if any(b.SPEC.torch_module for b in builders)
+        else None,
     )
+
+
+def _source_config(run: RunManifest, target: str, trust: bool) -> ModelConfig:
+    """The config rebuilding the run's PyTorch model; code the folder names runs only with ``trust``."""
+    from onnx_pipeline.sources import model_config_from_source
+    from onnx_pipeline.sources.loading import code_description
+
+    if run.source is None:
+        raise InputError(f"target '{target}' needs the PyTorch model, and the run folder does not say which: re-export")
+    if run.source.runs_code and not trust:
+        raise InputError(
+            f"target '{target}' rebuilds the run's PyTorch model, which comes from {code_description(run.source)}: "
+            "pass --trust-source if you trust where this folder came from"
+        )
+    return model_config_from_source(run.source, tuple(run.input_shape) or None, trust=trust)
 
 
 def _run_builders(

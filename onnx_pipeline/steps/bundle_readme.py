@@ -46,6 +46,11 @@ def bundle_readme(
         "",
         "- `manifest.json`: inputs/outputs, preprocessing, labels, providers and options, sha256 of every file",
         f"- `{HELDOUT_FILE}`: held-out inputs and fp32 reference outputs for re-checking on the device",
+    ]
+    if not target.execution_providers:  # no onnxruntime model: the builders' own lines say how to run it
+        lines += ["", "Check the bundle with `onnx-pipeline verify <this folder>` (hashes and fidelity)."]
+        return "\n".join(lines) + "\n"
+    lines += [
         "",
         "## Run it",
         "",

@@ -22,12 +22,12 @@ from typing import Any
 from onnx_pipeline.config import ExportConfig
 from onnx_pipeline.errors import ExportError
 from onnx_pipeline.onnxfile import PROTOBUF_LIMIT
+from onnx_pipeline.tracing import bakes_branch
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-_DATA_DEPENDENT_MARKERS = ("Python boolean", "Python index", "Python number", "Python float", "Python integer")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def export_model(module: Any, example: Any, path: Path, config: ExportConfig) ->
             continue
         tracer = [w for w in caught if w.category.__name__ == "TracerWarning"]
         findings += sorted({f"tracer: {str(w.message).splitlines()[0][:200]}" for w in tracer})
-        if used == "torchscript-trace" and any(m in str(w.message) for w in tracer for m in _DATA_DEPENDENT_MARKERS):
+        if used == "torchscript-trace" and bakes_branch(str(w.message) for w in tracer):
             _remove(path)
             used = _script_instead(module, example, path, config, external, findings)
         break

@@ -18,7 +18,7 @@ from onnx_pipeline.artifacts import available_kinds, load_builder
 from onnx_pipeline.artifacts.base import run_batches
 from onnx_pipeline.bundling.fidelity import Checked, FidelityResult, judge
 from onnx_pipeline.errors import BundleError, InputError, IntegrityError, first_line
-from onnx_pipeline.manifest import BUNDLE_UNLISTED, MANIFEST, BundleManifest
+from onnx_pipeline.manifest import BUNDLE_UNLISTED, MANIFEST, BundleManifest, ModelRecord
 from onnx_pipeline.runtime.session import create_session
 from onnx_pipeline.steps.bundle import fidelity_summary
 from onnx_pipeline.targets import FidelityThresholds
@@ -72,10 +72,8 @@ def verify_bundle(bundle_dir: Path) -> BundleVerifyResult:
     for record in manifest.models:
         recorded = record.fidelity or {}
         thresholds = _thresholds(recorded.get("thresholds"), bundle_dir)
-        session = create_session(manifest.path(record.file, what="the model"))
-        outputs = run_batches(session, inputs)
+        outputs, provider = _run_model(manifest, record, inputs)
         data = str(recorded.get("data", "held-out inputs"))
-        provider = session.get_providers()[0]
         results.append(
             judge(record.file, record.precision, names, reference, outputs, thresholds, data, provider=provider)
         )
@@ -128,6 +126,19 @@ def _artifact_checks(manifest: BundleManifest) -> dict[str, Any]:
         if check is not None:
             checks[kind] = check(manifest, section)
     return checks
+
+
+def _run_model(manifest: BundleManifest, record: ModelRecord, inputs: np.ndarray) -> tuple[list[np.ndarray], str]:
+    """Run one bundle model on ``inputs``: onnxruntime on the CPU, or its builder's ``run_model`` (TorchScript)."""
+    path = manifest.path(record.file, what="the model")
+    if record.format in ("onnx", "ort"):
+        session = create_session(path)
+        return run_batches(session, inputs), str(session.get_providers()[0])
+    runner = getattr(load_builder(record.kind), "run_model", None) if record.kind in available_kinds() else None
+    if runner is None:
+        raise BundleError(f"{record.file} is a {record.format!r} model that no artifact kind of this tool runs")
+    outputs, provider = runner(path, inputs)
+    return list(outputs), str(provider)
 
 
 def _heldout(manifest: BundleManifest) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -17,6 +17,7 @@ from onnx_pipeline.targets.types import (
     OpsetRange,
     QuantizationSpec,
     SessionSpec,
+    TorchServeSpec,
     TritonSpec,
     normalise_optimization_level,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "OpsetRange",
     "QuantizationSpec",
     "SessionSpec",
+    "TorchServeSpec",
     "TritonSpec",
     "hardware_dirs",
     "list_targets",

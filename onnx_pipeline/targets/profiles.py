@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from onnx_pipeline.errors import TargetError
+from onnx_pipeline.targets.serving import parse_torchserve, parse_triton
 from onnx_pipeline.targets.types import (
     ARCH_JSON_TEMPLATE,
     CALIBRATION_METHODS,
@@ -36,7 +37,6 @@ from onnx_pipeline.targets.types import (
     OpsetRange,
     QuantizationSpec,
     SessionSpec,
-    TritonSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ _TOP_KEYS = {
     "quantization",
     "fp16",
     "triton",
+    "torchserve",
     "dpu",
     "npu",
     "references",
@@ -213,7 +214,7 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
     fidelity = _parse_fidelity(top.table("fidelity", required=True), precisions)
     quantization = _parse_quantization(top.table("quantization"))
     fp16 = _parse_fp16(top.table("fp16"))
-    triton = _parse_triton(top.table("triton"))
+    triton = parse_triton(top.table("triton"))
     dpu_table = top.table("dpu")
     dpu = _parse_dpu_table(dict(dpu_table.data), source) if dpu_table is not None else None
     npu = _parse_npu(top.table("npu"))
@@ -232,6 +233,7 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
         quantization=quantization,
         fp16=fp16 if fp16 is not None else (Fp16Spec() if "fp16" in artifacts else None),
         triton=triton,
+        torchserve=parse_torchserve(top.table("torchserve")),
         dpu=dpu,
         npu=npu,
         references=top.get_list("references", str, ()),
@@ -240,9 +242,8 @@ def _parse(raw: dict[str, Any], source: Path) -> HardwareTarget:
 
 
 def _parse_providers(top: _Table, source: Path) -> tuple[ExecutionProvider, ...]:
-    entries = top.get("execution_providers", list)
-    if not entries:
-        raise top.fail("'execution_providers' must list at least one provider")
+    # optional for targets whose models onnxruntime does not run (artifacts.builders_for checks the others)
+    entries = top.get("execution_providers", list, [])
     providers = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -361,37 +362,6 @@ def _parse_fp16(table: _Table | None) -> Fp16Spec | None:
     if not keep:
         raise table.fail(f"'{table.key_path('keep_io_types')}' must be true: bundles keep fp32 inputs and outputs")
     return Fp16Spec(keep_io_types=keep, op_block_list=table.get_list("op_block_list", str, ()))
-
-
-def _parse_triton(table: _Table | None) -> TritonSpec | None:
-    if table is None:
-        return None
-    table.refuse_unknown(
-        {
-            "max_batch_size",
-            "preferred_batch_sizes",
-            "max_queue_delay_microseconds",
-            "instance_count",
-            "instance_kind",
-            "accelerator",
-            "precision_mode",
-        }
-    )
-    spec = TritonSpec(
-        max_batch_size=table.get("max_batch_size", int, 8),
-        preferred_batch_sizes=table.get_list("preferred_batch_sizes", int, ()),
-        max_queue_delay_microseconds=table.get("max_queue_delay_microseconds", int, 100),
-        instance_count=table.get("instance_count", int, 1),
-        instance_kind=table.get("instance_kind", str, "KIND_GPU", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO")),
-        accelerator=table.get("accelerator", str, "tensorrt", choices=("tensorrt", "")),
-        precision_mode=table.get("precision_mode", str, "FP16", choices=("FP16", "FP32")),
-    )
-    if spec.max_batch_size < 1 or spec.instance_count < 1 or spec.max_queue_delay_microseconds < 0:
-        raise table.fail("max_batch_size and instance_count must be >= 1, max_queue_delay_microseconds >= 0")
-    bad = [b for b in spec.preferred_batch_sizes if not 1 <= b <= spec.max_batch_size]
-    if bad:
-        raise table.fail(f"preferred_batch_sizes {bad} lie outside 1..max_batch_size ({spec.max_batch_size})")
-    return spec
 
 
 _RANGE_KEYS = (

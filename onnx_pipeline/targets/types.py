@@ -46,7 +46,7 @@ SUPPORTED_OPSETS = (13, 23)
 
 
 #: optional profile tables, each parsed into the field of ``HardwareTarget`` of the same name
-OPTIONAL_TABLES: tuple[str, ...] = ("quantization", "fp16", "triton", "dpu", "npu")
+OPTIONAL_TABLES: tuple[str, ...] = ("quantization", "fp16", "triton", "torchserve", "dpu", "npu")
 
 
 #: the ONNX Runtime Vitis AI execution provider flow (VOE) and the classic XIR compiler flow
@@ -221,6 +221,26 @@ class TritonSpec:
 
 
 @dataclass(frozen=True)
+class TorchServeSpec:
+    """How the TorchServe archive is served: ``config.properties`` and the handler's answer."""
+
+    #: largest batch TorchServe forms for the model, and how long it waits to fill one
+    batch_size: int = 8
+    max_batch_delay_ms: int = 50
+    min_workers: int = 1
+    max_workers: int = 1
+    response_timeout_s: int = 120
+    #: 0: the workers run on the CPU
+    number_of_gpu: int = 0
+    #: classes in each answer's ``top_k``
+    top_k: int = 5
+    #: loopback ports of the inference, management and metrics APIs
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+
+
+@dataclass(frozen=True)
 class HardwareTarget:
     """A hardware target, as read from its TOML profile."""
 
@@ -237,6 +257,7 @@ class HardwareTarget:
     quantization: QuantizationSpec | None = None
     fp16: Fp16Spec | None = None
     triton: TritonSpec | None = None
+    torchserve: TorchServeSpec | None = None
     dpu: DpuSpec | None = None
     npu: NpuSpec | None = None
     references: tuple[str, ...] = ()

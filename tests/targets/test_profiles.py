@@ -50,9 +50,10 @@ def test_every_profile_loads(path: Path) -> None:
     target = load_target(path)
     assert isinstance(target, HardwareTarget)
     assert target.name == path.stem, "a profile's name must match its file name (it names the bundle folder)"
-    assert target.execution_providers, "a target runs on at least one execution provider"
     assert set(target.artifacts) <= set(available_kinds())
-    builders_for(target)  # each kind has its builder, and the profile gives what each builder needs
+    builders = builders_for(target)  # each kind has its builder, and the profile gives what each builder needs
+    if not all(b.SPEC.torch_module for b in builders):
+        assert target.execution_providers, "a target with onnxruntime models runs on at least one provider"
     for precision in target.precisions:
         assert precision in target.fidelity
     assert load_target(path.stem) == target  # by name too
@@ -189,3 +190,31 @@ def test_fallback_budget_defaults_and_reads(tmp_path: Path) -> None:
     path = _write(tmp_path, MINIMAL + "\n[fallback]\nmax_float_layers_fraction = 0\n")
     assert load_target(path).fallback.max_float_layers_fraction == 0.0
     assert all(t.fallback.max_float_layers_fraction == 0.1 for t in list_targets() if t.dpu or t.quantization)
+
+
+def test_onnxruntime_artifacts_need_execution_providers(tmp_path: Path) -> None:
+    start, end = MINIMAL.index("[[execution_providers]]"), MINIMAL.index("[opset]")
+    no_providers = MINIMAL[:start] + MINIMAL[end:]
+    with pytest.raises(TargetError, match="execution_providers"):
+        builders_for(load_target(_write(tmp_path, no_providers)))
+    torch_only = no_providers.replace('artifacts = ["fp32-optimized"]', 'artifacts = ["torchscript"]')
+    assert [b.SPEC.kind for b in builders_for(load_target(_write(tmp_path, torch_only, "ts.toml")))] == ["torchscript"]
+
+
+def test_torchserve_table_is_validated(tmp_path: Path) -> None:
+    served = MINIMAL.replace('artifacts = ["fp32-optimized"]', 'artifacts = ["torchscript", "torchserve"]')
+    with pytest.raises(TargetError, match=r"needs a \[torchserve\] table"):
+        builders_for(load_target(_write(tmp_path, served)))
+    table = "\n[torchserve]\nbatch_size = 4\ninference_port = 9000\n"
+    target = load_target(_write(tmp_path, served + table, "ok.toml"))
+    assert target.torchserve is not None and (target.torchserve.batch_size, target.torchserve.inference_port) == (
+        4,
+        9000,
+    )
+    for bad, message in (
+        ("batch_size = 0", "batch_size"),
+        ("metrics_port = 8080", "must differ"),
+        ("workers = 2", "unknown"),
+    ):
+        with pytest.raises(TargetError, match=message):
+            load_target(_write(tmp_path, served + f"\n[torchserve]\n{bad}\n", "bad.toml"))
