@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# A suite started in the background by a non-interactive shell (`make test &`) inherits SIGINT ignored,
+# and so would every command the tests start: Python leaves an inherited ignored SIGINT alone, and the
+# tests that interrupt an export with SIGINT would see it run on. The commands must see Ctrl-C as a
+# user's terminal delivers it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from tests.helpers import tiny_config
 
