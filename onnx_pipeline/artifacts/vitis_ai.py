@@ -25,7 +25,7 @@ from onnx_pipeline.bundling.fidelity import judge
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.files import sha256_file, to_jsonable, write_json
 from onnx_pipeline.onnxfile import load_parts
-from onnx_pipeline.runtime.session import SessionSettings, create_session
+from onnx_pipeline.runtime.session import ONE_SHOT, create_session
 from onnx_pipeline.targets import DpuSpec, FidelityThresholds
 
 SPEC = BuilderSpec(
@@ -154,9 +154,7 @@ def _quantize(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple
 
 def _float_fidelity(ctx: BuildContext, spec: DpuSpec, input_name: str, result: Any) -> dict[str, Any]:
     """The power-of-two model (QDQ kept as float arithmetic) against the static fp32 model, per sample."""
-    # Run a few times only: the weights (dequantized once, as float) are used where they are, not packed again.
-    settings = SessionSettings(config_entries={"session.disable_prepacking": "1"})
-    session = create_session(ctx.out / MODEL_QDQ, qdq_as_float=True, settings=settings)
+    session = create_session(ctx.out / MODEL_QDQ, qdq_as_float=True, settings=ONE_SHOT)  # a few runs only
     names = list(result.output_names)
     test = run_batches(session, np.asarray(ctx.data.heldout, dtype=np.float32))
     reference = [result.reference_outputs[n] for n in names]
