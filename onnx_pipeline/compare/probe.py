@@ -39,11 +39,11 @@ class OnnxProbe:
         import onnx
 
         self._maps: list[Any] = []
+        named = Path(model).name if isinstance(model, str | Path) else None
         if isinstance(model, str | Path):
-            self.name = Path(model).name
             model = load_parts(Path(model))
         if isinstance(model, ModelParts):
-            self.name = getattr(self, "name", None) or model.skeleton.graph.name or "model"
+            self.name = named or model.skeleton.graph.name or "model"
             self._names = [t.name for t in model.skeleton.graph.initializer if t.name in model.weights]
             self._arrays = model.session_arrays(self._names)
             self._skeleton = model.weightless()
@@ -81,11 +81,10 @@ class OnnxProbe:
         del probed.graph.output[:]
         for name in tensors:
             probed.graph.output.add().name = name  # onnxruntime infers the type
-        settings = ONE_SHOT
         session = create_session(
             probed.SerializeToString(),
             providers=self._providers,
-            settings=settings,
+            settings=ONE_SHOT,
             qdq_as_float=self._qdq_as_float,
             external_initializers=(self._names, self._arrays),
             error=self._error,
