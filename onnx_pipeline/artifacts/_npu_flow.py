@@ -25,7 +25,7 @@ from onnx_pipeline.artifacts.base import ArtifactResult, BuildContext, run_batch
 from onnx_pipeline.bundling.fidelity import judge
 from onnx_pipeline.errors import BundleError
 from onnx_pipeline.files import to_jsonable, write_json
-from onnx_pipeline.runtime.session import create_session
+from onnx_pipeline.runtime.session import ONE_SHOT, create_session
 from onnx_pipeline.targets import FidelityThresholds, NpuSpec
 
 
@@ -201,7 +201,7 @@ def _bf16(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple[Any
 
 def _float_fidelity(ctx: BuildContext, spec: NpuSpec, config: str, result: Any) -> dict[str, Any]:
     """The quantized model (QDQ kept as float arithmetic) against the static fp32 model, per sample."""
-    session = create_session(ctx.out / judged_file(config), qdq_as_float=True)
+    session = create_session(ctx.out / judged_file(config), qdq_as_float=True, settings=ONE_SHOT)
     names = list(result.output_names)
     test = run_batches(session, np.asarray(ctx.data.heldout, dtype=np.float32))
     reference = [result.reference_outputs[n] for n in names]

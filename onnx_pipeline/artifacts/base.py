@@ -31,7 +31,7 @@ from onnx_pipeline.bundling.fidelity import FidelityResult, judge
 from onnx_pipeline.files import to_jsonable
 from onnx_pipeline.manifest import ModelRecord, RunManifest
 from onnx_pipeline.onnxfile import ModelParts
-from onnx_pipeline.runtime.session import create_session
+from onnx_pipeline.runtime.session import CHECK, create_session
 from onnx_pipeline.targets import FidelityThresholds, HardwareTarget
 
 
@@ -144,7 +144,7 @@ class BuildContext:
         (the bundle step raises once every builder has run).
         """
         if session is None:
-            session = create_session(self.out / file, qdq_as_float=qdq_as_float)
+            session = create_session(self.out / file, settings=CHECK, qdq_as_float=qdq_as_float)
         outputs = run_batches(session, self.data.heldout)
         result = judge(
             file,

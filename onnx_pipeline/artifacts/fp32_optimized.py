@@ -39,17 +39,19 @@ def optimize_offline(ctx: BuildContext, file: str, *, level: str | None = None, 
             "session.optimized_model_external_initializers_file_name": f"{file}.data",
             "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
         }
-    external = None
+    external, folder = None, None
     if source is None:
         # The run's own file (onnxruntime maps its external data), or for a static-batch target the
-        # fixed-batch graph with the weights handed over in memory (nothing written to disk first).
+        # fixed-batch graph referring to the run's weights (nothing written to disk first).
         source = str(ctx.model_path)
         if ctx.dynamic_batch != ctx.run.dynamic_batch:
-            source, external = ctx.parts.session_source()
+            parts = ctx.parts.session_source()
+            source, external, folder = parts.skeleton.SerializeToString(), parts.external, parts.folder
     create_session(
         source,
         settings=SessionSettings(graph_optimization_level=level, config_entries=entries),
         external_initializers=external,
+        external_data_folder=folder,
         optimized_output=ctx.out / file,
         what=f"the fp32 model (writing {file})",
     )

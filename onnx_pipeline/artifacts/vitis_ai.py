@@ -63,6 +63,7 @@ def build(ctx: BuildContext) -> ArtifactResult:
     initializers = {t.name for t in skeleton.graph.initializer}
     input_name = next(i.name for i in skeleton.graph.input if i.name not in initializers)
     result, quant_summary = _quantize(ctx, parts, timings)
+    parts.release()  # the run's float pages the quantizer read (shared with ctx.source) leave this process
     del parts  # its int8 weights are in the file now: not kept beside the sessions that judge it
     # Judged like every bundle model: against the run's fp32 reference, on the plain CPU session
     # ``verify BUNDLE`` re-runs, with the DPU's thresholds.

@@ -2,8 +2,9 @@
 
 Every tensor marked as an output at once would hold every activation of the model in memory (for
 VGG16 on a handful of samples, gigabytes); a probe marks only the tensors asked for in one call. The
-weights are read once and handed to each session in memory (``onnxfile.weightless_copy``), so a new
-set of outputs costs a graph, not a model, and onnxruntime's prepacked weight copies are turned off.
+weights are loaded once: those still in their file are referred to there (onnxruntime maps it), the
+others handed to each session in memory (``ModelParts.session_source``), so a new set of outputs costs
+a graph, not a model, and onnxruntime's prepacked weight copies are turned off.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ class OnnxProbe:
             model = load_parts(Path(model))
         if isinstance(model, ModelParts):
             self.name = named or model.skeleton.graph.name or "model"
-            self._names = [t.name for t in model.skeleton.graph.initializer if t.name in model.weights]
-            self._arrays = model.session_arrays(self._names)
-            self._skeleton = model.weightless()
+            source = model.session_source()  # weights still in their file are referred to there, not copied
+            self._names, self._arrays = source.external
+            self._skeleton, self._folder = source.skeleton, source.folder
             self._maps = list(model.maps)
         else:
             self.name = model.graph.name or "model"
             self._names, self._arrays, self._skeleton = _split(model)
+            self._folder = None
         #: the graph (large weights as placeholders)
         self.model = self._skeleton
         initializers = {i.name for i in self._skeleton.graph.initializer}
@@ -87,6 +89,7 @@ class OnnxProbe:
             settings=ONE_SHOT,
             qdq_as_float=self._qdq_as_float,
             external_initializers=(self._names, self._arrays),
+            external_data_folder=self._folder,
             error=self._error,
             what=self.name,
         )

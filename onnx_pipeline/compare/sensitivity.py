@@ -88,12 +88,16 @@ class VariantRunner:
 
     def outputs(self, layers: Sequence[str]) -> list[np.ndarray]:
         variant = keep_in_float(self.lowered, self.reference, layers, half=self.half) if layers else self.lowered
-        model, external = variant.session_source()
+        source = variant.session_source()
         session = create_session(
-            model, settings=ONE_SHOT, external_initializers=external, what="a kept-in-float variant"
+            source.skeleton.SerializeToString(),
+            settings=ONE_SHOT,
+            external_initializers=source.external,
+            external_data_folder=source.folder,
+            what="a kept-in-float variant",
         )
         outputs = self.run(session, self.inputs)
-        del session, variant
+        del session, variant, source
         self.lowered.release()
         self.reference.release()
         release_memory()  # one variant's session and float weights go back before the next is made

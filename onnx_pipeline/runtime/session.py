@@ -166,6 +166,11 @@ def _option_str(value: Any) -> str:
 #: weights, activations) go back to the heap after each run instead of staying reserved
 ONE_SHOT = SessionSettings(enable_cpu_mem_arena=False, config_entries={"session.disable_prepacking": "1"})
 
+#: a fidelity check's session (a bundle's build and ``verify BUNDLE`` run the same one): onnxruntime's
+#: defaults without the arena, which a quantized model's dequantized weights grow by about a layer's
+#: float32 size on every run (a 2.16 GB model: +1.1 GB a run) and which keeps what it took
+CHECK = SessionSettings(enable_cpu_mem_arena=False)
+
 
 def create_session(
     model: str | Path | bytes,
@@ -174,6 +179,7 @@ def create_session(
     settings: SessionSettings | None = None,
     qdq_as_float: bool = False,
     external_initializers: tuple[Sequence[str], Sequence[Any]] | None = None,
+    external_data_folder: Path | None = None,
     optimized_output: Path | None = None,
     error: type[PipelineError] = BundleError,
     what: str | None = None,
@@ -188,6 +194,9 @@ def create_session(
       kernels (what the Vitis AI quantizer and the per-layer comparisons measure).
     - ``external_initializers``: (names, arrays) handed to onnxruntime in memory for a model whose
       large initializers are placeholders (``onnxfile.weightless``); the arrays must stay alive.
+      onnxruntime copies them: a ``ModelParts.session_source`` refers to the weights still in their file.
+    - ``external_data_folder``: where the external-data locations of a model given as bytes resolve
+      (onnxruntime maps those files itself, without a private copy).
     - ``optimized_output``: write the optimised graph there (ORT format when its suffix is ``.ort``).
     """
     import onnxruntime as ort
@@ -204,6 +213,9 @@ def create_session(
         names, arrays = external_initializers
         if names:
             options.add_external_initializers(list(names), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+    if external_data_folder is not None:
+        folder_key = "session.model_external_initializers_file_folder_path"
+        options.add_session_config_entry(folder_key, str(external_data_folder))
     if optimized_output is not None:
         options.optimized_model_filepath = str(optimized_output)
         if Path(optimized_output).suffix == ".ort":

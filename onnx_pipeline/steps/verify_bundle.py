@@ -19,7 +19,7 @@ from onnx_pipeline.artifacts.base import run_batches
 from onnx_pipeline.bundling.fidelity import Checked, FidelityResult, judge
 from onnx_pipeline.errors import BundleError, InputError, IntegrityError, first_line
 from onnx_pipeline.manifest import BUNDLE_UNLISTED, MANIFEST, BundleManifest, ModelRecord
-from onnx_pipeline.runtime.session import create_session
+from onnx_pipeline.runtime.session import CHECK, create_session
 from onnx_pipeline.steps.bundle import fidelity_summary
 from onnx_pipeline.targets import FidelityThresholds
 
@@ -132,7 +132,7 @@ def _run_model(manifest: BundleManifest, record: ModelRecord, inputs: np.ndarray
     """Run one bundle model on ``inputs``: onnxruntime on the CPU, or its builder's ``run_model`` (TorchScript)."""
     path = manifest.path(record.file, what="the model")
     if record.format in ("onnx", "ort"):
-        session = create_session(path)
+        session = create_session(path, settings=CHECK)
         return run_batches(session, inputs), str(session.get_providers()[0])
     runner = getattr(load_builder(record.kind), "run_model", None) if record.kind in available_kinds() else None
     if runner is None:
