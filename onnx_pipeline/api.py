@@ -333,21 +333,10 @@ def serve(
     ``IntegrityError`` and nothing starts. ``on_ready`` gets the address (``port=0`` picks a free
     one) once the server accepts requests; ``on_request`` gets one record per answered request.
     """
+    options = {name: value for name, value in locals().items() if name not in ("bundles", "on_ready", "on_request")}
     from onnx_pipeline.serve import serve as run_server
 
-    config = _serve_config(
-        bundles,
-        host=host,
-        port=port,
-        max_batch_size=max_batch_size,
-        max_queue_delay_ms=max_queue_delay_ms,
-        max_queue_size=max_queue_size,
-        max_body_bytes=max_body_bytes,
-        top_k=top_k,
-        model=model,
-        providers=providers,
-    )
-    return run_server(config, on_ready=on_ready, on_request=on_request)
+    return run_server(_serve_config(bundles, **options), on_ready=on_ready, on_request=on_request)
 
 
 def serve_in_background(

@@ -76,6 +76,19 @@ def tiny_module(seed: int = 0, classes: int = TINY_CLASSES) -> Any:
     return build_tiny_vgg(classes).eval()
 
 
+def rescaled_vgg16() -> Any:
+    """torchvision VGG16, seeded random weights rescaled to unit activations as ``--weights random`` does."""
+    import torch
+    from torchvision.models import vgg16
+
+    from onnx_pipeline.sources.weights import rescale_random_weights
+
+    torch.manual_seed(0)
+    model = vgg16().eval()
+    rescale_random_weights(model, torch.randn(2, 3, 224, 224))
+    return model
+
+
 def export_onnx(
     module: Any, path: Path, *, size: int = 32, dynamic_batch: bool = True, opset: int = 18, example: Any = None
 ) -> Path:

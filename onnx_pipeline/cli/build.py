@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -33,9 +32,10 @@ from onnx_pipeline.cli.options import (
     ShapeOpt,
     TrustOpt,
     WeightsOpt,
+    forward,
     parse_shape,
 )
-from onnx_pipeline.cli.output import errors, out, run_reported
+from onnx_pipeline.cli.output import errors, out, run_command
 
 
 @app.command()
@@ -81,42 +81,23 @@ def export(
 
         onnx-pipeline export -m my_models.py:build -w ckpt.pt --input-shape 1,3,128,128 -o runs/mine
     """
+    options = locals()
     from onnx_pipeline import api
 
-    with errors(debug):
-        run_reported(
-            partial(
-                api.export,
-                model,
-                output=output,
-                weights=weights,
-                seed=seed,
-                input_shape=parse_shape(input_shape),
-                static_batch=static_batch,
-                exporter=exporter,
-                opset=opset,
-                external_data=True if external_data else None,
-                simplify=not no_simplify,
-                simplifier=simplifier,
-                verify=not no_verify,
-                images=images,
-                batch_size=batch_size,
-                atol=atol,
-                rtol=rtol,
-                min_cosine=min_cosine,
-                targets=tuple(target or ()),
-                calibration_images=calibration_images,
-                config=config,
-                force=force,
-                isolate=isolate,
-                rescale_random=rescale_random,
-                fallback=not no_fallback,
-            ),
-            as_json=as_json,
-            report=report,
-            output=output,
-            bars=show_progress,
-        )
+    run_command(
+        forward(
+            api.export,
+            options,
+            input_shape=parse_shape(input_shape),
+            external_data=True if external_data else None,
+            simplify=not no_simplify,
+            verify=not no_verify,
+            targets=tuple(target or ()),
+            fallback=not no_fallback,
+        ),
+        options,
+        output=output,
+    )
 
 
 # --------------------------------------------------------------------------- verify
@@ -158,33 +139,14 @@ def verify(
 
         onnx-pipeline verify model.onnx --model vgg16 --weights vgg16.pth --images photos/ --json
     """
+    options = locals()
     from onnx_pipeline import api
 
-    with errors(debug):
-        run_reported(
-            partial(
-                api.verify,
-                path,
-                model=model,
-                weights=weights,
-                seed=seed,
-                input_shape=parse_shape(input_shape),
-                images=images,
-                batch_size=batch_size,
-                atol=atol,
-                rtol=rtol,
-                min_cosine=min_cosine,
-                providers=provider or None,
-                isolate=isolate,
-                rescale_random=rescale_random,
-                trust_source=trust_source,
-                localize=localize,
-            ),
-            as_json=as_json,
-            report=report,
-            output=path,
-            bars=show_progress,
-        )
+    run_command(
+        forward(api.verify, options, input_shape=parse_shape(input_shape), providers=provider or None),
+        options,
+        output=path,
+    )
 
 
 # --------------------------------------------------------------------------- targets and bundles
@@ -259,23 +221,11 @@ def bundle(
 
         onnx-pipeline bundle runs/vgg16 -t torchscript -t torchserve
     """
+    options = locals()
     from onnx_pipeline import api
 
-    with errors(debug):
-        run_reported(
-            partial(
-                api.bundle,
-                run,
-                target,
-                calibration_images=calibration_images,
-                heldout_images=heldout_images,
-                seed=seed or 0,
-                force=force,
-                fallback=not no_fallback,
-                trust_source=trust_source,
-            ),
-            as_json=as_json,
-            report=report,
-            output=run / "bundles",
-            bars=show_progress,
-        )
+    run_command(
+        forward(api.bundle, options, targets=target, seed=seed or 0, fallback=not no_fallback),
+        options,
+        output=run / "bundles",
+    )

@@ -1,11 +1,26 @@
-"""The options several commands share, and the parsing of their values."""
+"""The options several commands share, the parsing of their values, and their way to the API."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+
+def forward(function: Callable[..., Any], options: Mapping[str, Any], **given: Any) -> partial[Any]:
+    """``function`` (an ``api`` function) with each of the command's ``options`` it takes by the same name,
+    and ``given``: the options renamed or converted on the way. The CLI's own options (``--json``,
+    ``--debug``, ...) are not parameters of the API and stay behind."""
+    accepted = inspect.signature(function).parameters
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise TypeError(f"{function.__name__} takes no {', '.join(unknown)}")
+    same = {name: value for name, value in options.items() if name in accepted and name not in given}
+    return partial(function, **same, **given)
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -261,3 +261,12 @@ def run_reported(
     if not as_json:
         closing_line(result.status, time.perf_counter() - start, output)
     raise typer.Exit(EXIT_OK if result.status == "passed" else EXIT_FAILED)
+
+
+def run_command(call: Callable[..., Any], options: Mapping[str, Any], output: Any) -> None:
+    """The end of a reporting command (export, verify, bundle): ``call`` (an API call that takes ``progress``)
+    run under the options they share (``--json``, ``--report``, ``--progress``, ``--debug``)."""
+    with errors(options["debug"]):
+        run_reported(
+            call, as_json=options["as_json"], report=options["report"], output=output, bars=options["show_progress"]
+        )

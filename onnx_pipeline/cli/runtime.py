@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnx_pipeline.cli.app import app
-from onnx_pipeline.cli.options import DebugOpt, JsonOpt, TrustOpt
+from onnx_pipeline.cli.options import DebugOpt, JsonOpt, TrustOpt, forward
 from onnx_pipeline.cli.output import err, errors, out, progress_display
 from onnx_pipeline.files import json_text, to_jsonable
 
@@ -108,6 +108,7 @@ def bench(
 
         onnx-pipeline bench runs/vgg16/bundles/cpu-x86_64 --batch-sizes 1 --json
     """
+    options = locals()
     from onnx_pipeline import api
     from onnx_pipeline.bench import bench_summary, bench_table
 
@@ -116,16 +117,7 @@ def bench(
     except ValueError:
         raise typer.BadParameter(f"'{batch_sizes}' is not a list of batch sizes: write it like 1,8") from None
     with errors(debug), progress_display(not as_json) as progress:
-        result = api.bench(
-            bundle,
-            batch_sizes=sizes,
-            seconds=seconds,
-            threads=threads,
-            eager=eager,
-            eager_model=eager_model,
-            trust_source=trust_source,
-            progress=progress,
-        )
+        result = forward(api.bench, options, batch_sizes=sizes, progress=progress)()
     if as_json:
         sys.stdout.write(json_text(result))
         return
@@ -178,6 +170,7 @@ def serve(
 
         onnx-pipeline serve vgg16=runs/vgg16/bundles/cpu-x86_64 --max-batch-size 16 --json
     """
+    options = locals()
     from onnx_pipeline import api
     from onnx_pipeline.serve import ServerInfo, ready_lines
 
@@ -190,20 +183,15 @@ def serve(
             line(text)
 
     with errors(debug):
-        api.serve(
-            bundles,
-            host=host,
-            port=port,
-            max_batch_size=max_batch_size,
-            max_queue_delay_ms=max_queue_delay_ms,
-            max_queue_size=max_queue_size,
+        forward(
+            api.serve,
+            options,
             max_body_bytes=int(max_body_mb * (1 << 20)),
-            top_k=top_k,
             model=model_name,
             providers=provider or None,
             on_ready=ready,
             on_request=(lambda record: line(json.dumps(record))) if as_json else None,
-        )
+        )()
     if not as_json:
         err.print("stopped: every accepted request was answered")
 

@@ -243,15 +243,11 @@ def _drop_unused(parts: ModelParts) -> None:
             break
         del graph.node[:]
         graph.node.extend(keep)
-    used = {i for n in graph.node for i in n.input} | outputs
-    inits = [t for t in graph.initializer if t.name in used]
-    for t in graph.initializer:
-        if t.name not in used:
-            parts.weights.pop(t.name, None)
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    parts.drop_unused_initializers()
     names = (
-        {t.name for t in inits} | {i for n in graph.node for i in n.input} | {o for n in graph.node for o in n.output}
+        {t.name for t in graph.initializer}
+        | {i for n in graph.node for i in n.input}
+        | {o for n in graph.node for o in n.output}
     )
     infos = [v for v in graph.value_info if v.name in names]
     del graph.value_info[:]

@@ -199,6 +199,17 @@ class ModelParts:
                 self.release()  # the mapped pages just copied: not kept resident beside the copy
         return model
 
+    def drop_unused_initializers(self) -> None:
+        """Remove the initializers that no node and no graph output reads, and their arrays."""
+        graph = self.skeleton.graph
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        keep = [init for init in graph.initializer if init.name in used]
+        for init in graph.initializer:
+            if init.name not in used:
+                self.weights.pop(init.name, None)
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+
     def release(self) -> None:
         """Let the kernel drop the mapped pages read so far from this process (they stay in the page cache)."""
         for mapped in self.maps:

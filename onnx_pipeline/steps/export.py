@@ -58,6 +58,11 @@ def _param_bytes(module: Any) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
+def _names_and_opset(config: ExportConfig) -> dict[str, Any]:
+    """What both exporters are told alike: the input and output names, the opset."""
+    return {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": config.opset}
+
+
 def _export_dynamo(module: Any, example: Any, path: Path, config: ExportConfig, external: bool) -> None:
     import torch
 
@@ -68,11 +73,9 @@ def _export_dynamo(module: Any, example: Any, path: Path, config: ExportConfig, 
         module,
         (example,),
         dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
         dynamic_shapes=dynamic_shapes,
-        opset_version=config.opset,
         external_data=external,
+        **_names_and_opset(config),
         verbose=False,
         optimize=True,
     )
@@ -90,11 +93,9 @@ def _export_torchscript(module: Any, example: Any, path: Path, config: ExportCon
         (example,),
         str(path),
         dynamo=False,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
         dynamic_axes=dynamic_axes,
-        opset_version=config.opset,
         do_constant_folding=True,
+        **_names_and_opset(config),
     )
     if external:
         import onnx

@@ -12,6 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from onnx_pipeline.files import to_jsonable
 from onnx_pipeline.targets import DpuSpec
 from onnx_pipeline.vitis.graph import shapes
 
@@ -30,15 +31,6 @@ class NodePlacement:
     device: str
     rule: str
     detail: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "op_type": self.op_type,
-            "device": self.device,
-            "rule": self.rule,
-            "detail": self.detail,
-        }
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class DpuReport:
         return {
             "schema": "onnx-pipeline/vitis-dpu-report/1",
             **self.summary(),
-            "placements": [n.to_dict() for n in self.nodes],
+            "placements": [to_jsonable(n) for n in self.nodes],
         }
 
     def to_markdown(self) -> str:

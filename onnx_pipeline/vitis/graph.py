@@ -75,7 +75,7 @@ def to_static_opset17(parts: ModelParts) -> list[str]:
 
     _rewrite_nodes(graph, notes)
     _spatial_reductions_to_global_pool(graph, notes)
-    _remove_unused_initializers(parts)
+    parts.drop_unused_initializers()
 
     del model.opset_import[:]
     model.opset_import.append(helper.make_opsetid("", TARGET_OPSET))
@@ -198,17 +198,6 @@ def _spatial_reductions_to_global_pool(graph: Any, notes: list[str]) -> None:
         notes.append(f"{node.name}: {node.op_type} over H, W → {target}")
     del graph.node[:]
     graph.node.extend(new_nodes)
-
-
-def _remove_unused_initializers(parts: ModelParts) -> None:
-    graph = parts.skeleton.graph
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    keep = [i for i in graph.initializer if i.name in used]
-    for init in graph.initializer:
-        if init.name not in used:
-            parts.weights.pop(init.name, None)
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
 
 
 def infer_shapes(parts: ModelParts) -> None:

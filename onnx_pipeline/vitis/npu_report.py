@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from onnx_pipeline.files import to_jsonable
 from onnx_pipeline.targets import NpuSpec
 from onnx_pipeline.vitis.dpu_report import NodePlacement
 from onnx_pipeline.vitis.graph import shapes
@@ -68,7 +69,7 @@ class NpuReport:
             "schema": "onnx-pipeline/npu-report/1",
             **self.summary(),
             "subgraphs": list(self.subgraphs),
-            "placements": [n.to_dict() for n in self.nodes],
+            "placements": [to_jsonable(n) for n in self.nodes],
         }
 
     def to_markdown(self, source: str = "") -> str:

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import build_artifact, digits_split, export_onnx, make_run_folder, trained_digits_cnn
+from tests.helpers import (
+    build_artifact,
+    digits_split,
+    export_onnx,
+    make_run_folder,
+    rescaled_vgg16,
+    trained_digits_cnn,
+)
 
 
 def _target(name: str, config: str | None = None) -> Any:
@@ -192,20 +199,8 @@ def test_trained_digits_cnn_keeps_its_accuracy_in_every_npu_format(tmp_path: Pat
 def test_vgg16_vint8_and_a8w8_bundles(tmp_path: Path) -> None:
     """VGG16 (random weights rescaled to unit activations) through the VEK385 and Ryzen AI A8W8 builders."""
     import torch
-    from torchvision.models import vgg16
 
-    torch.manual_seed(0)
-    model = vgg16().eval()
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():  # each Conv/Linear rescaled to unit output std, as the pipeline's --weights random
-        for layer in [*model.features, model.avgpool, torch.nn.Flatten(1), *model.classifier]:
-            y = layer(x)
-            if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
-                std = float(y.std())
-                layer.weight /= std
-                layer.bias /= std
-                y = layer(x)
-            x = y
+    model = rescaled_vgg16()
     path = tmp_path / "vgg16.onnx"
     torch.onnx.export(
         model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=True, input_names=["input"], output_names=["output"]

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import HARDWARE, build_artifact, digits_split, export_onnx, trained_digits_cnn
+from tests.helpers import (
+    HARDWARE,
+    build_artifact,
+    digits_split,
+    export_onnx,
+    rescaled_vgg16,
+    trained_digits_cnn,
+)
 
 
 def _run(path: Path, data: np.ndarray) -> np.ndarray:
@@ -41,28 +48,6 @@ def test_digits_power_of_two_loses_at_most_one_point(tmp_path: Path) -> None:
     assert artifacts.section["dpu_report"]["on_cpu"] == 0
 
 
-def _rescaled_vgg16():  # type: ignore[no-untyped-def]
-    """torchvision VGG16 with random weights, each Conv/Linear rescaled to unit output std on a sample."""
-    import torch
-    from torchvision.models import vgg16
-
-    torch.manual_seed(0)
-    model = vgg16().eval()
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        for stage in (model.features, model.avgpool, torch.nn.Flatten(1), model.classifier):
-            layers = stage if isinstance(stage, torch.nn.Sequential) else [stage]
-            for layer in layers:
-                y = layer(x)
-                if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
-                    std = float(y.std())
-                    layer.weight /= std
-                    layer.bias /= std
-                    y = layer(x)
-                x = y
-    return model
-
-
 @pytest.mark.slow
 def test_vgg16_every_board(tmp_path: Path) -> None:
 
@@ -70,7 +55,7 @@ def test_vgg16_every_board(tmp_path: Path) -> None:
     from onnx_pipeline.vitis.dpu_report import build_dpu_report
     from onnx_pipeline.vitis.graph import load_parts, to_static_opset17
 
-    path = export_onnx(_rescaled_vgg16(), tmp_path / "vgg16.onnx", size=224)
+    path = export_onnx(rescaled_vgg16(), tmp_path / "vgg16.onnx", size=224)
     parts = load_parts(path)
     to_static_opset17(parts)
     boards = [t for t in (load_target(p.stem) for p in sorted(HARDWARE.glob("vitis-ai-*.toml"))) if t.dpu]
