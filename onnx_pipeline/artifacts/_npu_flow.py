@@ -88,6 +88,7 @@ def build(ctx: BuildContext, flow: Flow) -> ArtifactResult:
     initializers = {t.name for t in parts.skeleton.graph.initializer}
     input_name = next(i.name for i in parts.skeleton.graph.input if i.name not in initializers)
     result, quant_summary = _quantize(ctx, parts, config, timings)
+    del parts
     fidelity = _float_fidelity(ctx, spec, config, result)
     write_json(ctx.out / "fidelity.json", fidelity)
     provider = _write_side_files(ctx, spec, flow, input_name, report)
@@ -125,9 +126,8 @@ def build(ctx: BuildContext, flow: Flow) -> ArtifactResult:
 
 def _quantize(ctx: BuildContext, parts: Any, config: str, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:
     """The QDQ model (or, for BF16, the bfloat16 simulation) and its summary."""
-    import onnx
 
-    from onnx_pipeline.vitis.graph import check_model_file
+    from onnx_pipeline.vitis.graph import check_model_file, load_parts
     from onnx_pipeline.vitis.quantize import check_qdq, quantize
     from onnx_pipeline.vitis.scheme import scheme
 
@@ -148,9 +148,10 @@ def _quantize(ctx: BuildContext, parts: Any, config: str, timings: dict[str, flo
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    parts.release()  # the run's float pages the quantizer read leave this process
     check_model_file(ctx.out / model_file(config))
     timings["quantize"] = round(time.perf_counter() - start, 3)
-    problems = check_qdq(onnx.load(str(ctx.out / model_file(config))), chosen)
+    problems = check_qdq(load_parts(ctx.out / model_file(config)), chosen)  # its weights mapped, not copied
     if problems:
         raise BundleError(f"the {config} model breaks {len(problems)} rule(s) of its format, first: {problems[0]}")
     params = {name: p.to_dict() for name, p in sorted(result.params.items())}

@@ -63,7 +63,6 @@ def build(ctx: BuildContext) -> ArtifactResult:
     initializers = {t.name for t in skeleton.graph.initializer}
     input_name = next(i.name for i in skeleton.graph.input if i.name not in initializers)
     result, quant_summary = _quantize(ctx, parts, timings)
-    parts.release()  # the run's float pages the quantizer read (shared with ctx.source) leave this process
     del parts  # its int8 weights are in the file now: not kept beside the sessions that judge it
     # Judged like every bundle model: against the run's fp32 reference, on the plain CPU session
     # ``verify BUNDLE`` re-runs, with the DPU's thresholds.
@@ -117,7 +116,6 @@ def build(ctx: BuildContext) -> ArtifactResult:
 
 
 def _quantize(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:
-    import onnx
 
     from onnx_pipeline.vitis.graph import check_model_file
     from onnx_pipeline.vitis.quantize import check_xint8, quantize_xint8
@@ -129,9 +127,10 @@ def _quantize(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple
         result = quantize_xint8(parts, ctx.data.calibration, ctx.data.heldout, ctx.out / MODEL_QDQ, scratch_dir=scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    parts.release()  # the run's float pages the quantizer read (shared with ctx.source) leave this process
     check_model_file(ctx.out / MODEL_QDQ)
     timings["quantize"] = round(time.perf_counter() - start, 3)
-    problems = check_xint8(onnx.load(str(ctx.out / MODEL_QDQ)))
+    problems = check_xint8(load_parts(ctx.out / MODEL_QDQ))  # its weights mapped, not copied
     if problems:
         raise BundleError(f"the XINT8 model breaks {len(problems)} DPU rule(s), first: {problems[0]}")
     params = {name: p.to_dict() for name, p in sorted(result.params.items())}

@@ -35,17 +35,25 @@ class _Graph:
     """Lookups over one model's graph."""
 
     def __init__(self, model: Any) -> None:
+        """``model``: a ModelProto, or ``ModelParts`` (its weights read where they are mapped, not copied)."""
         from onnx import numpy_helper
 
-        self.model = model
-        self.graph = model.graph
+        from onnx_pipeline.onnxfile import ModelParts
+
+        parts = model if isinstance(model, ModelParts) else None
+        self.model = parts.skeleton if parts is not None else model
+        self.graph = self.model.graph
         self.inits = {i.name: i for i in self.graph.initializer}
         self.producer = {t: n for n in self.graph.node for t in n.output}
         self.consumers: dict[str, list[Any]] = {}
         for n in self.graph.node:
             for t in n.input:
                 self.consumers.setdefault(t, []).append(n)
-        self.array = lambda name: numpy_helper.to_array(self.inits[name])
+        self.array = (
+            (lambda name: parts.weights[name] if name in parts.weights else numpy_helper.to_array(self.inits[name]))
+            if parts is not None
+            else (lambda name: numpy_helper.to_array(self.inits[name]))
+        )
 
     def qparams(self, node: Any) -> tuple[float, int, str]:
         """(scale, zero point, zero-point type) of a Q/DQ node."""
@@ -76,12 +84,12 @@ class _Graph:
 
 
 def check_xint8(model: Any) -> list[str]:
-    """Every XINT8 rule the written model breaks (empty when it is a valid power-of-two QDQ model)."""
+    """Every XINT8 rule the written model (ModelProto or ModelParts) breaks (none: a valid power-of-two QDQ model)."""
     return check_qdq(model, XINT8)
 
 
 def check_qdq(model: Any, scheme: QuantScheme) -> list[str]:
-    """Every rule of ``scheme`` the written model breaks (empty when it is valid)."""
+    """Every rule of ``scheme`` the written model (a ModelProto or ModelParts) breaks (empty when it is valid)."""
     g = _Graph(model)
     problems = _check_structure(g, scheme)
     scale_of = _check_qdq_nodes(g, scheme, problems)
