@@ -42,10 +42,11 @@ def optimize_offline(ctx: BuildContext, file: str, *, level: str | None = None, 
     external, folder = None, None
     if source is None:
         # The run's own file (onnxruntime maps its external data), or for a static-batch target the
-        # fixed-batch graph referring to the run's weights (nothing written to disk first).
+        # fixed-batch graph with the weights handed over in memory (nothing written to disk first; a
+        # reference to the run's file would stay in the written model).
         source = str(ctx.model_path)
         if ctx.dynamic_batch != ctx.run.dynamic_batch:
-            parts = ctx.parts.session_source()
+            parts = ctx.parts.session_source(refer_to_files=False)
             source, external, folder = parts.skeleton.SerializeToString(), parts.external, parts.folder
     create_session(
         source,

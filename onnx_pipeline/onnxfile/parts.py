@@ -146,17 +146,19 @@ class ModelParts:
         """``weightless_copy`` of the skeleton: the large initializers as inputs or placeholders."""
         return weightless_copy(self.skeleton, self.weights, as_inputs=as_inputs)
 
-    def session_source(self) -> SessionSource:
+    def session_source(self, *, refer_to_files: bool = True) -> SessionSource:
         """What ``create_session`` takes to run this model without serialising or copying its weights.
 
         Weights that are views of a mapped file, as stored there, are referred to in that file (the
         folder holding most of them: onnxruntime maps it, nothing is copied); the others become
-        in-memory placeholders with their arrays (onnxruntime copies those).
+        in-memory placeholders with their arrays (onnxruntime copies those). ``refer_to_files=False``:
+        every weight in memory, for a session that writes its optimised model (onnxruntime would keep
+        the references, to a file outside the written model's folder).
         """
         import onnx
 
         names = [t.name for t in self.skeleton.graph.initializer if t.name in self.weights]
-        regions = {n: file_region(self.weights[n]) for n in names}
+        regions = {n: file_region(self.weights[n]) if refer_to_files else None for n in names}
         by_folder: dict[Path, int] = {}
         for name, region in regions.items():
             if region is not None:
