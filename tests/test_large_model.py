@@ -1,4 +1,4 @@
-"""A model over 2 GB through export with every target, verify RUN, verify BUNDLE and predict.
+"""A model over 2 GB through export with every kind of target, verify RUN, verify BUNDLE and predict.
 
 The model (tests/models/large_linear.py: 2.16 GB of float32 weights in a few Linear layers) cannot be
 one protobuf: each step must carry its weights as external data, with relative paths, hashed in the
@@ -9,6 +9,7 @@ bounded by reading and writing the weights, not by arithmetic.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import onnx
@@ -21,6 +22,10 @@ from tests.helpers import check_moved_bundles
 MODELS = Path(__file__).resolve().parent / "models"
 FACTORY = f"{MODELS / 'large_linear.py'}:build"
 TARGETS = ("cpu-x86_64", "cuda", "vitis-ai-kv260")
+#: AMD's NPU flows: (target, its quantized model)
+NPU = (("vitis-ai-vek385", "model_vint8_qdq.onnx"), ("ryzen-ai-xdna2", "model_xint8_qdq.onnx"))
+#: the seed's PyTorch paths (rebuilt from the factory file: trusted here, it is the test's own)
+TORCH = ("torchscript", "torchserve")
 
 
 def _locations(path: Path) -> set[str]:
@@ -39,7 +44,8 @@ def test_a_model_over_2gb_goes_through_every_step_and_target(tmp_path: Path) -> 
     for name in ("astronaut", "chelsea", "coffee", "rocket", "camera"):
         Image.fromarray(getattr(data, name)()).convert("RGB").save(photos / f"{name}.jpg")
     run = tmp_path / "run"
-    report = api.export(FACTORY, weights="random", output=run, targets=TARGETS, calibration_images=photos,
+    onnx_targets = TARGETS + tuple(t for t, _ in NPU)
+    report = api.export(FACTORY, weights="random", output=run, targets=onnx_targets, calibration_images=photos,
                         images=photos, isolate=True)  # fmt: skip
     assert report.status == "passed"
     manifest = json.loads((run / "manifest.json").read_text())
@@ -65,7 +71,17 @@ def test_a_model_over_2gb_goes_through_every_step_and_target(tmp_path: Path) -> 
     assert _locations(vitis / "model_fp32.onnx") == {"model_fp32.onnx.data"}
     assert not _locations(vitis / "model_xint8_qdq.onnx")
 
+    # AMD's NPU flows: the float model with external data, the quantized model in one file
+    for target, quantized in NPU:
+        assert _locations(run / "bundles" / target / "model_fp32.onnx") == {"model_fp32.onnx.data"}, target
+        assert not _locations(run / "bundles" / target / quantized), target
+    # TorchScript and TorchServe: model.pt and model.mar are zip64 archives, they hold it as it is
+    assert api.bundle(run, TORCH, trust_source=True).status == "passed"
+    assert (run / "bundles" / "torchscript" / "model.pt").stat().st_size > PROTOBUF_LIMIT
+    with zipfile.ZipFile(run / "bundles" / "torchserve" / "model.mar") as archive:
+        assert archive.getinfo("model.pt").file_size > PROTOBUF_LIMIT
+
     assert api.verify(run, trust_source=True, isolate=True).status == "passed"
-    for target in TARGETS:
+    for target in onnx_targets + TORCH:
         assert api.verify(run / "bundles" / target).status == "passed", target
-    check_moved_bundles(run, TARGETS, tmp_path / "elsewhere", photos / "chelsea.jpg", tmp_path)
+    check_moved_bundles(run, onnx_targets, tmp_path / "elsewhere", photos / "chelsea.jpg", tmp_path)
