@@ -462,6 +462,22 @@ def test_top1_is_judged_only_where_the_reference_decides() -> None:
     assert not result.passed and any("top-1 agreement" in f for f in result.failures)
 
 
+def test_a_lead_within_the_noise_between_two_classes_is_not_judged() -> None:
+    """A faithful lowering (errors of RMS 0.05) flips a sample whose lead, 0.106, is 2.1 RMS but only
+    1.5 sigma of the difference of two classes' errors: not decided; one with a lead of 8 RMS is."""
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((2, 1000))
+    for i, lead in enumerate((0.106, 0.4)):
+        ref[i, 0] = ref[i].max() + 1.0
+        ref[i, 1] = ref[i, 0] - lead
+    noise = 0.05 * rng.standard_normal(ref.shape)
+    noise[:, 0], noise[:, 1] = -0.06, 0.06  # within the noise: flips the first sample, not the second
+    out = ref + noise
+    assert np.argmax(out[0]) == 1 and np.argmax(out[1]) == 0
+    figures = output_figures("out", ref, out)
+    assert figures.decided_samples == 1 and figures.top1_agreement == 1.0 and figures.top1_agreement_all == 0.5
+
+
 # --- GPU and VGG16 ----------------------------------------------------------------------------
 
 
