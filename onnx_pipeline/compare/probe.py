@@ -53,7 +53,7 @@ class OnnxProbe:
             self.name = model.graph.name or "model"
             self._names, self._arrays, self._skeleton = _split(model)
             self._folder = None
-        #: the graph (large weights as placeholders)
+        #: the graph (large weights referred to in their file, or in-memory placeholders)
         self.model = self._skeleton
         initializers = {i.name for i in self._skeleton.graph.initializer}
         inputs = [i.name for i in self._skeleton.graph.input if i.name not in initializers]

@@ -167,9 +167,9 @@ class ModelParts:
         skeleton = self.weightless()
         in_memory = []
         for init in skeleton.graph.initializer:
-            region = regions.get(init.name)
             if init.name not in self.weights:
                 continue
+            region = regions[init.name]
             if region is None or region[0].parent != folder:
                 in_memory.append(init.name)
                 continue

@@ -49,11 +49,7 @@ class _Graph:
         for n in self.graph.node:
             for t in n.input:
                 self.consumers.setdefault(t, []).append(n)
-        self.array = (
-            (lambda name: parts.weights[name] if name in parts.weights else numpy_helper.to_array(self.inits[name]))
-            if parts is not None
-            else (lambda name: numpy_helper.to_array(self.inits[name]))
-        )
+        self.array: Any = parts.array if parts is not None else (lambda name: numpy_helper.to_array(self.inits[name]))
 
     def qparams(self, node: Any) -> tuple[float, int, str]:
         """(scale, zero point, zero-point type) of a Q/DQ node."""
