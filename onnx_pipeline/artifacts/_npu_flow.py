@@ -126,7 +126,6 @@ def build(ctx: BuildContext, flow: Flow) -> ArtifactResult:
 
 def _quantize(ctx: BuildContext, parts: Any, config: str, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:
     """The QDQ model (or, for BF16, the bfloat16 simulation) and its summary."""
-
     from onnx_pipeline.vitis.graph import check_model_file, load_parts
     from onnx_pipeline.vitis.quantize import check_qdq, quantize
     from onnx_pipeline.vitis.scheme import scheme

@@ -116,7 +116,6 @@ def build(ctx: BuildContext) -> ArtifactResult:
 
 
 def _quantize(ctx: BuildContext, parts: Any, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:
-
     from onnx_pipeline.vitis.graph import check_model_file
     from onnx_pipeline.vitis.quantize import check_xint8, quantize_xint8
 
