@@ -39,7 +39,7 @@ def optimize_offline(ctx: BuildContext, file: str, *, level: str | None = None, 
             "session.optimized_model_external_initializers_file_name": f"{file}.data",
             "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
         }
-    external, folder = None, None
+    external = None
     if source is None:
         # The run's own file (onnxruntime maps its external data), or for a static-batch target the
         # fixed-batch graph with the weights handed over in memory (nothing written to disk first; a
@@ -47,12 +47,11 @@ def optimize_offline(ctx: BuildContext, file: str, *, level: str | None = None, 
         source = str(ctx.model_path)
         if ctx.dynamic_batch != ctx.run.dynamic_batch:
             parts = ctx.parts.session_source(refer_to_files=False)
-            source, external, folder = parts.skeleton.SerializeToString(), parts.external, parts.folder
+            source, external = parts.skeleton.SerializeToString(), parts.external
     create_session(
         source,
         settings=SessionSettings(graph_optimization_level=level, config_entries=entries),
         external_initializers=external,
-        external_data_folder=folder,
         optimized_output=ctx.out / file,
         what=f"the fp32 model (writing {file})",
     )
