@@ -6,6 +6,7 @@ Errors a user can fix are one line on stderr (``error: ...``) with a non-zero ex
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from onnx_pipeline.errors import EXIT_FAILED, EXIT_OK, PipelineError
+from onnx_pipeline.errors import EXIT_FAILED, EXIT_OK, PipelineError, StepError
 
 # Tables are wide: without a terminal (CI logs, pipes) do not squeeze them into 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -50,6 +51,19 @@ def fail(exc: PipelineError) -> None:
         err.print_exception()
 
 
+#: a full disk or quota: the user's to fix (room, or another --output), not a bug
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_full(exc: OSError) -> StepError:
+    """The one-line error for a write that found no room; the command's temporary folder is gone by then."""
+    where = f" while writing {exc.filename}" if exc.filename else ""
+    return StepError(
+        f"no space left on the device{where}: free some space there or choose an output folder on another "
+        "disk, then run the command again (the partly written folder was removed)"
+    )
+
+
 @contextmanager
 def errors(debug: bool) -> Iterator[None]:
     State.debug = debug
@@ -64,6 +78,12 @@ def errors(debug: bool) -> Iterator[None]:
     except PipelineError as exc:
         fail(exc)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        error = disk_full(exc)
+        fail(error)
+        raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt as exc:
         code = 128 + exc.signal if isinstance(exc, Terminated) else 130
         err.print("interrupted: nothing was written (temporary files removed)")

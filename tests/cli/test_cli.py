@@ -217,3 +217,21 @@ def test_failed_download_keeps_json_stdout_clean(tmp_path: Path, monkeypatch: py
     report = json.loads(result.stdout)
     assert report["status"] == "failed" and "offline" in report["error"]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from any write (here the run manifest, the last file written) is the user's to fix: one line
+    that says what to do, exit 1, and neither the output folder nor its temporary folder is left."""
+    import errno
+    import os
+
+    from onnx_pipeline.manifest import types
+
+    def full(path: Path, _data: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(types, "write_json", full)
+    out = tmp_path / "run"
+    result = _invoke("export", "-m", "tiny-vgg", "-w", "random", "-o", str(out), "--no-isolate")
+    _assert_user_error(result, "no space left on the device while writing", "manifest.json", "another disk", code=1)
+    assert list(tmp_path.iterdir()) == []
